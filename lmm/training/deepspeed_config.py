@@ -1,0 +1,54 @@
+"""DeepSpeed config = a JSON template (``configs/deepspeed/``) + the values the experiment config owns.
+
+The experiment config is the single source of truth for batch sizes, precision, ZeRO stage, optimizer and
+schedule; the template holds DeepSpeed-only knobs (bucket sizes, overlap, persistence thresholds).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from lmm.config import ConfigError, ExperimentConfig, total_steps
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def gradient_accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """``global = micro x accumulation x world`` exactly, or a ConfigError saying what would work."""
+    per_step = micro_batch * world_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"config key 'train.global_batch_size': {global_batch} is not divisible by micro batch {micro_batch} "
+            f"x world size {world_size} = {per_step}; pick a micro batch that divides {global_batch // world_size}"
+            if global_batch % world_size == 0 else
+            f"config key 'train.global_batch_size': {global_batch} is not divisible by the world size {world_size}")
+    return global_batch // per_step
+
+
+def read_template(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise ConfigError(f"config key 'train.deepspeed_template': no such file {path}")
+    return json.loads(path.read_text())
+
+
+def build_deepspeed_config(config: ExperimentConfig, world_size: int) -> dict:
+    t = config.train
+    ds = copy.deepcopy(read_template(t.deepspeed_template))
+    ds["train_batch_size"] = t.global_batch_size
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+    ds["gradient_accumulation_steps"] = gradient_accumulation_steps(t.global_batch_size, t.micro_batch_size,
+                                                                    world_size)
+    ds["gradient_clipping"] = t.grad_clip
+    ds["bf16"] = {"enabled": t.precision == "bf16"}
+    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": t.zero_stage}
+    optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True, "adam_w_mode": True}})
+    optimizer["params"] = {**optimizer.get("params", {}), "lr": t.lr, "betas": list(t.betas),
+                           "weight_decay": t.weight_decay}
+    scheduler = ds.setdefault("scheduler", {"type": "WarmupCosineLR", "params": {"warmup_type": "linear"}})
+    scheduler["params"] = {**scheduler.get("params", {}), "total_num_steps": total_steps(config),
+                           "warmup_num_steps": t.warmup_steps, "cos_min_ratio": t.min_lr / t.lr}
+    return ds

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small generated toy world and a tiny experiment config built on it."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_OVERRIDES = [
+    "model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",
+    "model.llm.hidden_size=32", "model.llm.num_layers=1", "model.llm.num_heads=2",
+    "model.llm.intermediate_size=64", "model.tokenizer.vocab_size=300",
+    "data.num_workers=1", "data.shuffle_buffer=16", "data.max_caption_tokens=24",
+    "train.global_batch_size=16", "train.micro_batch_size=4", "train.warmup_steps=2", "train.log_every=1",
+    "eval.num_beams=2", "eval.max_new_tokens=8", "eval.min_new_tokens=1", "eval.batch_size=8",
+    "eval.max_images=8",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory) -> Path:
+    from data_pipeline.demo_world import DemoWorldSpec, generate_demo_world
+
+    out = tmp_path_factory.mktemp("world")
+    generate_demo_world(out, DemoWorldSpec(num_train=512, num_eval=16, samples_per_shard=32, seed=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(demo_world, tmp_path_factory):
+    from data_pipeline.demo_world import caption_corpus
+    from lmm.tokenizer import CaptionTokenizer, train_tokenizer
+
+    path = train_tokenizer(caption_corpus(demo_world), tmp_path_factory.mktemp("tok") / "sp.model", 300)
+    return CaptionTokenizer(path)
+
+
+def tiny_overrides(world: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [*TINY_OVERRIDES, f"output_dir={output_dir}", f"data.train_manifest={world / 'train' / 'manifest.json'}",
+            f"eval.dataset_json={world / 'eval' / 'dataset_coco.json'}", f"eval.image_root={world / 'eval'}",
+            *extra]
+
+
+@pytest.fixture
+def seeded():
+    import torch
+    random.seed(0)
+    torch.manual_seed(0)

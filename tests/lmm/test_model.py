@@ -1,0 +1,91 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO_ROOT
+from lmm.config import load_config
+from lmm.models.lmm import GenerationSettings, build_lmm, parameter_counts
+from lmm.sequence import IGNORE_INDEX, SequenceLayout
+
+TINY = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",
+        "model.llm.hidden_size=32", "model.llm.num_layers=2", "model.llm.num_heads=2",
+        "model.llm.intermediate_size=64"]
+
+
+@pytest.fixture
+def model_and_layout(tokenizer):
+    torch.manual_seed(0)
+    config = load_config(REPO_ROOT / "configs/demo.yaml", TINY)
+    return build_lmm(config.model, tokenizer).eval(), SequenceLayout(tokenizer, 4, 16)
+
+
+def test_sequence_layout(tokenizer):
+    layout = SequenceLayout(tokenizer, 4, 16)
+    ids, labels = layout.training_example("two red circles at lake como")
+    t = tokenizer
+    assert ids[:7] == [t.bos_id, t.img_start_id] + [t.image_id] * 4 + [t.img_end_id]
+    assert labels[:7] == [IGNORE_INDEX] * 7 and labels[7:] == ids[7:] and ids[-1] == t.eos_id
+    assert t.image_id not in t.encode("[IMG] <image> [/IMG]")  # markers can never come from text
+
+
+def test_loss_is_caption_only_cross_entropy(model_and_layout):
+    model, layout = model_and_layout
+    batch = layout.collate([layout.training_example(c) for c in ["a red star in paris", "two blue hearts"]])
+    pixels = torch.randn(2, 3, 112, 112)
+    loss = model(pixels, **batch)
+    logits = model.llm(inputs_embeds=model.embed(pixels, batch["input_ids"]),
+                       attention_mask=batch["attention_mask"]).logits
+    manual = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                             ignore_index=IGNORE_INDEX)
+    assert torch.allclose(loss, manual, atol=1e-5)
+    caption_positions = (batch["labels"] != IGNORE_INDEX).sum().item()
+    assert caption_positions == sum(len(layout.caption_tokens(c)) + 1 for c in ["a red star in paris",
+                                                                                  "two blue hearts"])
+
+
+def test_image_changes_the_loss(model_and_layout):
+    model, layout = model_and_layout
+    batch = layout.collate([layout.training_example("a red star in paris")])
+    assert not torch.allclose(model(torch.zeros(1, 3, 112, 112), **batch), model(torch.ones(1, 3, 112, 112), **batch))
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generation_with_kv_cache_matches_full_recompute(model_and_layout, beams):
+    model, layout = model_and_layout
+    pixels = torch.randn(2, 3, 112, 112)
+    prompt = torch.tensor([layout.prompt("a")] * 2)
+    settings = GenerationSettings(num_beams=beams, max_new_tokens=6, min_new_tokens=6)
+    cached = model.generate(pixels, prompt, settings)
+    assert [len(c) for c in cached] == [6, 6]
+    if beams == 1:  # greedy: recompute every step without a cache
+        embeds = model.embed(pixels, prompt)
+        tokens = []
+        for _ in range(6):
+            logits = model.llm(inputs_embeds=embeds, use_cache=False).logits[:, -1]
+            logits[:, model.eos_id] = float("-inf")  # min_new_tokens
+            nxt = logits.argmax(-1)
+            tokens.append(nxt)
+            embeds = torch.cat([embeds, model.llm.get_input_embeddings()(nxt)[:, None]], dim=1)
+        assert cached == torch.stack(tokens, 1).tolist()
+
+
+def test_freeze_flags(tokenizer):
+    config = load_config(REPO_ROOT / "configs/demo.yaml", TINY + ["model.vision.trainable=false",
+                                                                  "model.llm.trainable=false"])
+    counts = parameter_counts(build_lmm(config.model, tokenizer))
+    assert counts["vision/trainable"] == 0 and counts["llm/trainable"] == 0
+    assert counts["bridge/frozen"] == 0 and counts["bridge/trainable"] > 0 and counts["llm/frozen"] > 0
+
+
+def test_new_marker_embeddings_are_mean_initialised(tokenizer):
+    config = load_config(REPO_ROOT / "configs/demo.yaml", TINY)
+    llm = build_lmm(config.model, tokenizer).llm
+    emb = llm.get_input_embeddings().weight
+    assert emb.shape[0] == tokenizer.vocab_size
+    # build_llm creates the decoder with the sentencepiece vocabulary sized exactly, so resize is a no-op;
+    # the pretrained path grows it: check that path directly
+    from lmm.models.llm import resize_with_mean_init
+    old = emb.shape[0]
+    resize_with_mean_init(llm, old + 2)
+    new = llm.get_input_embeddings().weight
+    assert torch.allclose(new[old], new[:old].mean(0), atol=1e-6)
