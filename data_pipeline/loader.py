@@ -6,8 +6,8 @@ that all ranks share, then shard ``i`` goes to slot ``i % slots``. Samples are b
 epochs forever; the trainer decides how many batches to take, so no rank can run dry and hang.
 
 Resume: the loader position is the number of batches the trainer consumed. Each worker recomputes how many of
-its samples that covers and skips them before decoding, so a resumed run sees the same samples as an
-uninterrupted one (given the same world size and worker count).
+its samples that covers and skips them before decoding (still reading the tars), so a resumed run sees the same
+samples in the same order as an uninterrupted one, given the same world size and worker count.
 """
 from __future__ import annotations
 
@@ -71,8 +71,11 @@ class CaptionStream(IterableDataset):
         self.skipped = Counter()
 
     def _slot(self) -> tuple[int, int, int, int]:
+        """(slot, slots, logical worker, workers). A resumed DataLoader restarts its round-robin at worker 0,
+        so physical worker ``w`` plays the logical worker that owned batch ``consumed + w``."""
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        worker = (physical + self.consumed_batches) % num_workers
         slots = self.world_size * num_workers
         if len(self.shards) < slots:
             raise ValueError(f"{len(self.shards)} shards cannot feed {self.world_size} ranks x {num_workers} "

@@ -7,31 +7,14 @@ split, generation split over 2 ranks) into one results file, and the scaling plo
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from data_pipeline.demo_world import DemoWorldSpec, generate_demo_world
+from launch.local import torchrun
 from launch.plot import plot
 from lmm.eval.results import read_results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun(nproc: int, module: str, args: list[str]) -> None:
-    """Run ``python -m module args`` on ``nproc`` local ranks; raise if any rank fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", module, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    print("+ " + " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True, env=env)
 
 
 def print_table(records: list[dict]) -> None:

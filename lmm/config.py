@@ -100,7 +100,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # optimizer steps; a final checkpoint is always written
     checkpoint_at_start: bool = False  # a step-0 checkpoint, so the untrained model is on the curve
     log_every: int = 10
-    max_steps: Optional[int] = None  # stop early (tests); None = one epoch of data.num_samples
+    max_steps: Optional[int] = None  # stop (with a checkpoint) after this step; the LR schedule still spans the epoch
 
 
 @dataclass
@@ -295,6 +295,11 @@ def validate(config: ExperimentConfig) -> None:
 
 
 def total_steps(config: ExperimentConfig) -> int:
-    """Optimizer steps of the run: one epoch of ``data.num_samples`` (or ``train.max_steps`` if smaller)."""
-    steps = config.data.num_samples // config.train.global_batch_size
+    """Optimizer steps of the run (and of its LR schedule): one epoch of ``data.num_samples``."""
+    return config.data.num_samples // config.train.global_batch_size
+
+
+def stop_step(config: ExperimentConfig) -> int:
+    """The step this invocation stops at: the epoch's end, or ``train.max_steps`` if that comes first."""
+    steps = total_steps(config)
     return min(steps, config.train.max_steps) if config.train.max_steps else steps

@@ -13,7 +13,7 @@ import torch
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus, load_manifest
 from lmm import distributed
-from lmm.config import ExperimentConfig, total_steps
+from lmm.config import ExperimentConfig, stop_step
 from lmm.models.lmm import build_lmm, parameter_counts
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
@@ -79,7 +79,7 @@ def train(config: ExperimentConfig) -> list[dict]:
 
     if step == 0 and config.train.checkpoint_at_start:
         save()
-    history, meter, last = [], ThroughputMeter(), total_steps(config)
+    history, meter, last = [], ThroughputMeter(), stop_step(config)
     while step < last:
         losses = []
         for _ in range(engine.gradient_accumulation_steps()):

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import REPO_ROOT
-from lmm.config import ConfigError, load_config, total_steps
+from lmm.config import ConfigError, load_config, stop_step, total_steps
 from lmm.training.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
 
 
@@ -20,7 +20,8 @@ def test_overrides_are_typed():
     config = load_config(REPO_ROOT / "configs/demo.yaml", ["train.lr=1e-3", "data.caption_source=raw",
                                                            "train.max_steps=3", "data.mix={}"])
     assert config.train.lr == 1e-3 and isinstance(config.train.lr, float)
-    assert config.data.caption_source == "raw" and config.train.max_steps == 3 and total_steps(config) == 3
+    assert config.data.caption_source == "raw" and config.train.max_steps == 3 and stop_step(config) == 3
+    assert total_steps(config) == 8192 // 64  # the schedule still spans the epoch
 
 
 @pytest.mark.parametrize("override,message", [
