@@ -15,9 +15,11 @@ def free_port() -> int:
 
 def torchrun(nproc: int, module: str, args: list[str], capture: bool = False,
              timeout: float | None = None) -> subprocess.CompletedProcess:
-    """``python -m module args`` on ``nproc`` ranks (one OpenMP thread each); raises if any rank fails."""
+    """``python -m module args`` (or ``python module args`` for a ``.py`` path) on ``nproc`` ranks, one OpenMP
+    thread each; raises if any rank fails."""
+    target = [module] if module.endswith(".py") else ["-m", module]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", module, *args]
+           f"--master_port={free_port()}", *target, *args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if not capture:
         print("+ " + " ".join(cmd[2:]), flush=True)

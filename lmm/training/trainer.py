@@ -5,6 +5,7 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import deepspeed
 import numpy as np
@@ -14,12 +15,12 @@ from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus, load_manifest
 from lmm import distributed
 from lmm.config import ExperimentConfig, stop_step
-from lmm.models.lmm import build_lmm, parameter_counts
+from lmm.models.lmm import LMM, build_lmm, parameter_counts
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
 from lmm.tokenizer import CaptionTokenizer, train_tokenizer
 from lmm.training import checkpoint
-from lmm.training.checkpoint import CheckpointMeta, RUN_CONFIG_FILE, write_json_atomic
+from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta, write_json_atomic
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
 
@@ -43,8 +44,74 @@ def prepare_tokenizer(config: ExperimentConfig, env: distributed.DistEnv) -> Exp
                                                                          path=str(model_file))))
 
 
+def build_engine(config: ExperimentConfig, model: LMM, world_size: int):
+    """DeepSpeed engine over the trainable parameters only (frozen ones never reach the optimizer)."""
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(config, world_size))
+    return engine
+
+
+class Trainer:
+    """Optimizer steps (with gradient accumulation), metrics and checkpoints around one DeepSpeed engine."""
+
+    def __init__(self, config: ExperimentConfig, engine, logger: MetricsLogger, step: int = 0,
+                 consumed_batches: int = 0):
+        self.config, self.engine, self.logger = config, engine, logger
+        self.step, self.consumed_batches = step, consumed_batches
+        self.meter, self.losses, self.history = ThroughputMeter(), [], []
+
+    @property
+    def samples_seen(self) -> int:
+        return self.step * self.config.train.global_batch_size
+
+    def train_step(self, batches: Iterator[dict]) -> None:
+        """One optimizer step: forward/backward over ``gradient_accumulation_steps`` micro-batches."""
+        for _ in range(self.engine.gradient_accumulation_steps()):
+            batch = next(batches)
+            self.consumed_batches += 1
+            loss = self.engine(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+            self.engine.backward(loss)
+            self.engine.step()
+            self.losses.append(loss.detach())
+            self.meter.add(len(batch["input_ids"]), int((batch["labels"] != IGNORE_INDEX).sum()))
+        self.step += 1
+
+    def log(self) -> None:
+        """Reduce and write the metrics accumulated since the last call (collective)."""
+        samples_per_s, tokens_per_s = self.meter.rates()
+        grad_norm = self.engine.get_global_grad_norm()
+        scalars = {"train/loss": mean_across_ranks(torch.stack(self.losses).mean().item()),
+                   "train/lr": self.engine.get_lr()[0],
+                   "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                   "perf/samples_per_s": samples_per_s, "perf/tokens_per_s": tokens_per_s}
+        self.losses = []
+        self.logger.log(scalars, self.samples_seen, self.step)
+        self.history.append({"step": self.step, **scalars})
+
+    def save(self) -> None:
+        c = self.config
+        meta = CheckpointMeta(c.run_name, c.data.caption_source, c.data.num_samples, self.step, self.samples_seen,
+                              c.train.zero_stage, c.digest())
+        checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
+                                                          "consumed_batches": self.consumed_batches})
+
+    def fit(self, batches: Iterator[dict]) -> list[dict]:
+        """Train until the epoch ends (or ``train.max_steps``), logging and checkpointing on schedule."""
+        t, last = self.config.train, stop_step(self.config)
+        if self.step == 0 and t.checkpoint_at_start:
+            self.save()
+        while self.step < last:
+            self.train_step(batches)
+            if self.step % t.log_every == 0 or self.step == last:
+                self.log()
+            if self.step % t.checkpoint_every == 0 or self.step == last:
+                self.save()
+        return self.history
+
+
 def train(config: ExperimentConfig) -> list[dict]:
-    """Run (or resume) one training run; returns the logged metric history (rank 0's view)."""
+    """Run (or resume) one training run; returns the logged metric history."""
     env = distributed.init_distributed()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -54,53 +121,21 @@ def train(config: ExperimentConfig) -> list[dict]:
     seed_everything(config.seed)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     model = build_lmm(config.model, tokenizer)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_deepspeed_config(config, env.world_size))
-    logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
+    engine = build_engine(config, model, env.world_size)
     if env.is_main:
         print(json.dumps({"parameters": parameter_counts(model)}), flush=True)
 
     state = checkpoint.resume(engine, output_dir) or {"step": 0, "consumed_batches": 0}
-    layout = SequenceLayout(tokenizer, config.model.bridge.num_queries, config.data.max_caption_tokens)
     stream = CaptionStream(
         load_manifest(config.data.train_manifest),
         CaptionSelector(config.data.caption_source, config.data.mix, config.data.seed),
-        image_preprocess(model.vision), layout, env.rank, env.world_size, config.train.micro_batch_size,
-        seed=config.data.seed, shuffle_buffer=config.data.shuffle_buffer,
-        consumed_batches=state["consumed_batches"])
-    batches = iter(build_train_loader(stream, config.data.num_workers))
-    step, consumed = state["step"], state["consumed_batches"]
-
-    def save() -> None:
-        meta = CheckpointMeta(config.run_name, config.data.caption_source, config.data.num_samples, step,
-                              step * config.train.global_batch_size, config.train.zero_stage, config.digest())
-        checkpoint.save(engine, output_dir, meta, {"step": step, "consumed_batches": consumed})
-
-    if step == 0 and config.train.checkpoint_at_start:
-        save()
-    history, meter, last = [], ThroughputMeter(), stop_step(config)
-    while step < last:
-        losses = []
-        for _ in range(engine.gradient_accumulation_steps()):
-            batch = next(batches)
-            consumed += 1
-            loss = engine(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            meter.add(len(batch["keys"]), int((batch["labels"] != IGNORE_INDEX).sum()))
-        step += 1
-        if step % config.train.log_every == 0 or step == last:
-            samples_per_s, tokens_per_s = meter.rates()
-            grad_norm = engine.get_global_grad_norm()
-            scalars = {"train/loss": mean_across_ranks(sum(losses) / len(losses)),
-                       "train/lr": engine.get_lr()[0],
-                       "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                       "perf/samples_per_s": samples_per_s, "perf/tokens_per_s": tokens_per_s}
-            logger.log(scalars, step * config.train.global_batch_size, step)
-            history.append({"step": step, **scalars})
-        if step % config.train.checkpoint_every == 0 or step == last:
-            save()
-    logger.close()
-    return history
+        image_preprocess(model.vision),
+        SequenceLayout(tokenizer, config.model.bridge.num_queries, config.data.max_caption_tokens),
+        env.rank, env.world_size, config.train.micro_batch_size, seed=config.data.seed,
+        shuffle_buffer=config.data.shuffle_buffer, consumed_batches=state["consumed_batches"])
+    logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
+    trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"])
+    try:
+        return trainer.fit(iter(build_train_loader(stream, config.data.num_workers)))
+    finally:
+        logger.close()
