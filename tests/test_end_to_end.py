@@ -82,6 +82,6 @@ def test_checkpoints_evaluate_on_one_rank_and_plot(runs, tmp_path):
     assert all(0 <= r["metrics"]["CIDEr"] < 10 and r["protocol"]["num_beams"] == 2 for r in records)
     events = EventAccumulator(str(root / "full" / "tensorboard" / "eval"))
     events.Reload()
-    assert [e.step for e in events.Scalars("eval/demo_world_test/CIDEr")][-3:] == [0, 64, 128]
+    assert sorted({e.step for e in events.Scalars("eval/demo_world_test/CIDEr")}) == [0, 64, 128]
     assert plot([str(results), "--out", str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").stat().st_size > 1000
