@@ -26,6 +26,8 @@ setup(
         "pillow",
         "pyyaml",
         "safetensors",
+        "pyarrow",
+        "tqdm",
     ],
     extras_require={"dev": ["pytest"]},
     entry_points={"console_scripts": [

@@ -21,7 +21,7 @@ def test_overrides_are_typed():
                                                            "train.max_steps=3", "data.mix={}"])
     assert config.train.lr == 1e-3 and isinstance(config.train.lr, float)
     assert config.data.caption_source == "raw" and config.train.max_steps == 3 and stop_step(config) == 3
-    assert total_steps(config) == 8192 // 64  # the schedule still spans the epoch
+    assert total_steps(config) == config.data.num_samples // config.train.global_batch_size  # spans the epoch
 
 
 @pytest.mark.parametrize("override,message", [
