@@ -1,30 +1,45 @@
-"""Train one run: ``torchrun --nproc_per_node N -m launch.pretrain --config configs/demo.yaml key=value ...``."""
+"""Train one run: ``torchrun --nproc_per_node N -m launch.pretrain --config configs/demo.yaml key=value ...``.
+
+Under Slurm the same module is started by ``srun`` (see ``slurm/launch.sh``). Exit codes: 0 finished or
+requeued after a preemption checkpoint, 2 bad config, 75 stopped by a signal after a checkpoint without a
+requeue (rerun to resume).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from lmm.config import ConfigError, load_config
+from lmm.training.preemption import STOP, StopOutcome
+
+EXIT_BAD_CONFIG = 2
+EXIT_STOPPED = 75  # EX_TEMPFAIL: incomplete but resumable
+
+
+def run(config) -> int:
+    """Train ``config`` in this process (one rank); returns the process exit code."""
+    from lmm import distributed
+    from lmm.training.trainer import train
+    try:
+        _, outcome = train(config)
+    finally:
+        distributed.shutdown()  # before exit, or srun may report the task as aborted
+    return EXIT_STOPPED if outcome is StopOutcome.NOT_REQUEUED else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOP.install()  # first: Slurm's early-warning signal may come while the heavy imports still run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML experiment config")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. data.caption_source=raw")
     args = parser.parse_args(argv)
+    from lmm.config import ConfigError, load_config
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        return 2
-    from lmm import distributed
-    from lmm.training.trainer import train
-    try:
-        train(config)
-    finally:
-        distributed.shutdown()
-    return 0
+        return EXIT_BAD_CONFIG
+    return run(config)
 
 
 if __name__ == "__main__":

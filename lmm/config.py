@@ -101,6 +101,8 @@ class TrainConfig:
     checkpoint_at_start: bool = False  # a step-0 checkpoint, so the untrained model is on the curve
     log_every: int = 10
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this step; the LR schedule still spans the epoch
+    max_requeues: int = 3  # a preempted/timed-out Slurm job requeues itself at most this many times
+    collective_timeout_s: int = 900  # a collective waiting longer (a dead or hung rank) fails the run
 
 
 @dataclass
@@ -273,6 +275,9 @@ def validate(config: ExperimentConfig) -> None:
                        t.warmup_steps), ("model.bridge.num_queries", m.bridge.num_queries)):
         if value <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    if t.max_requeues < 0 or t.collective_timeout_s <= 0:
+        raise ConfigError("config keys 'train.max_requeues'/'train.collective_timeout_s': need max_requeues >= 0 "
+                          f"and collective_timeout_s > 0, got {t.max_requeues} and {t.collective_timeout_s}")
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(f"config key 'train.global_batch_size': {t.global_batch_size} is not a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size}")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 
 
@@ -28,8 +30,9 @@ def detect_env() -> DistEnv:
     return DistEnv(0, 0, 1)
 
 
-def init_distributed() -> DistEnv:
-    """Initialise the default process group (gloo on CPU, nccl on GPU: DeepSpeed's accelerator decides)."""
+def init_distributed(timeout_s: int = 900) -> DistEnv:
+    """Initialise the default process group (gloo on CPU, nccl on GPU: DeepSpeed's accelerator decides).
+    A collective that waits longer than ``timeout_s`` raises instead of hanging (a dead or stuck rank)."""
     import deepspeed
 
     env = detect_env()
@@ -39,8 +42,29 @@ def init_distributed() -> DistEnv:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
     if not dist.is_initialized():
-        deepspeed.init_distributed(verbose=False)
+        deepspeed.init_distributed(verbose=False, timeout=timedelta(seconds=timeout_s))
     return env
+
+
+def reduction_device() -> torch.device:
+    """Where collective buffers must live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce(values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
+    """Reduce a few scalars over all ranks (identity without a process group)."""
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=reduction_device())
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (collective)."""
+    return all_reduce([float(flag)], dist.ReduceOp.MAX)[0] > 0
 
 
 def barrier() -> None:

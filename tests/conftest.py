@@ -47,6 +47,19 @@ def tiny_overrides(world: Path, output_dir: Path, *extra: str) -> list[str]:
             *extra]
 
 
+def consolidated_weights(checkpoint: Path) -> dict:
+    """fp32 weights of a DeepSpeed checkpoint directory (``.../checkpoints/global_step<N>``), any ZeRO stage."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    import torch
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.allclose(first[name], second[name], atol=1e-6), name
+
+
 @pytest.fixture
 def seeded():
     import torch

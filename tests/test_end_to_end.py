@@ -3,10 +3,9 @@ and ends with the same weights as an uninterrupted run, and the checkpoints eval
 import json
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, tiny_overrides
+from conftest import REPO_ROOT, assert_same_weights, consolidated_weights, tiny_overrides
 from launch.local import torchrun
 from lmm.training.checkpoint import complete_checkpoints, read_meta
 
@@ -25,11 +24,6 @@ def scalars(run_dir, tag):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
-def consolidated(checkpoint):
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +56,8 @@ def test_resume_continues_from_saved_step_with_identical_result(runs):
     assert "step 5 samples 80" in first and "step 6 " not in first
     logged = [line for line in second.splitlines() if line.startswith("step ")]
     assert logged[0].startswith("step 6 samples 96") and logged[-1].startswith(f"step {STEPS} ")
-    full = consolidated(complete_checkpoints(root / "full")[-1])
-    resumed = consolidated(complete_checkpoints(root / "resumed")[-1])
-    assert full.keys() == resumed.keys()
-    for name in full:
-        assert torch.allclose(full[name], resumed[name], atol=1e-6), name
+    assert_same_weights(consolidated_weights(complete_checkpoints(root / "full")[-1]),
+                        consolidated_weights(complete_checkpoints(root / "resumed")[-1]))
 
 
 def test_checkpoints_evaluate_on_one_rank_and_plot(runs, tmp_path):

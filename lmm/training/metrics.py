@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
+
+from lmm import distributed
 
 
 class ThroughputMeter:
@@ -21,12 +22,10 @@ class ThroughputMeter:
         self.tokens += tokens
 
     def rates(self) -> tuple[float, float]:
-        counts = torch.tensor([self.samples, self.tokens], dtype=torch.float64)
-        if dist.is_initialized():
-            dist.all_reduce(counts)
+        samples, tokens = distributed.all_reduce([self.samples, self.tokens])
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         self.samples, self.tokens, self.start = 0, 0, time.perf_counter()
-        return counts[0].item() / elapsed, counts[1].item() / elapsed
+        return samples / elapsed, tokens / elapsed
 
 
 class MetricsLogger:
@@ -52,8 +51,5 @@ class MetricsLogger:
 
 
 def mean_across_ranks(value: float) -> float:
-    tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor.item()
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    return distributed.all_reduce([value])[0] / world_size

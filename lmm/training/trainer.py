@@ -23,6 +23,7 @@ from lmm.training import checkpoint
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta, write_json_atomic
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
+from lmm.training.preemption import STOP, StopOutcome, StopRequest, requeue
 
 
 def seed_everything(seed: int) -> None:
@@ -56,10 +57,11 @@ class Trainer:
     """Optimizer steps (with gradient accumulation), metrics and checkpoints around one DeepSpeed engine."""
 
     def __init__(self, config: ExperimentConfig, engine, logger: MetricsLogger, step: int = 0,
-                 consumed_batches: int = 0):
-        self.config, self.engine, self.logger = config, engine, logger
+                 consumed_batches: int = 0, stop: StopRequest = STOP):
+        self.config, self.engine, self.logger, self.stop = config, engine, logger, stop
         self.step, self.consumed_batches = step, consumed_batches
         self.meter, self.losses, self.history = ThroughputMeter(), [], []
+        self.stopped_early = False  # a stop signal ended ``fit`` before the last step (after a checkpoint)
 
     @property
     def samples_seen(self) -> int:
@@ -97,7 +99,8 @@ class Trainer:
                                                           "consumed_batches": self.consumed_batches})
 
     def fit(self, batches: Iterator[dict]) -> list[dict]:
-        """Train until the epoch ends (or ``train.max_steps``), logging and checkpointing on schedule."""
+        """Train until the epoch ends (or ``train.max_steps``), logging and checkpointing on schedule; a stop
+        signal on any rank ends it early, after a checkpoint of the step every rank has finished."""
         t, last = self.config.train, stop_step(self.config)
         if self.step == 0 and t.checkpoint_at_start:
             self.save()
@@ -105,14 +108,19 @@ class Trainer:
             self.train_step(batches)
             if self.step % t.log_every == 0 or self.step == last:
                 self.log()
-            if self.step % t.checkpoint_every == 0 or self.step == last:
+            stopping = distributed.any_rank(self.stop.requested)
+            if self.step % t.checkpoint_every == 0 or self.step == last or stopping:
                 self.save()
+            if stopping and self.step < last:
+                self.stopped_early = True
+                break
         return self.history
 
 
-def train(config: ExperimentConfig) -> list[dict]:
-    """Run (or resume) one training run; returns the logged metric history."""
-    env = distributed.init_distributed()
+def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
+    """Run (or resume) one training run: the logged metric history, and how it ended early (requeued or not)
+    when a stop signal cut it short (None when it reached its last step)."""
+    env = distributed.init_distributed(config.train.collective_timeout_s)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = prepare_tokenizer(config, env)
@@ -136,6 +144,9 @@ def train(config: ExperimentConfig) -> list[dict]:
     logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
     trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"])
     try:
-        return trainer.fit(iter(build_train_loader(stream, config.data.num_workers)))
+        history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers)))
     finally:
         logger.close()
+    if not trainer.stopped_early:
+        return history, None
+    return history, requeue(trainer.stop, config.train.max_requeues, env.is_main)

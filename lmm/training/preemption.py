@@ -1,0 +1,108 @@
+"""Preemption and time limits: checkpoint at the next step boundary, then requeue.
+
+Slurm's early warning (``#SBATCH --signal=USR1@300``; submitit uses USR2) or a SIGTERM only sets a flag here; the trainer checks the
+flag of *every* rank (one tiny all-reduce per step), so all ranks stop after the same step, save a checkpoint
+with the data position, and then the job is put back in the queue:
+
+- under ``sbatch`` rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` (up to ``train.max_requeues`` times, counted
+  by Slurm's ``SLURM_RESTART_COUNT``);
+- under submitit, submitit's own checkpoint-and-requeue handler (which this module chained) is called on rank 0;
+- anywhere else (torchrun, a workstation) the run just stops; rerunning the same command resumes it.
+
+The restarted job finds the newest complete checkpoint and resumes without being told.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from enum import Enum
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # USR2: submitit's default warning
+
+
+class StopOutcome(Enum):
+    REQUEUED = "requeued"
+    NOT_REQUEUED = "not_requeued"  # stopped after a checkpoint; nothing will restart it
+
+
+class StopRequest:
+    """Remembers that a stop signal arrived; installed once, as early as possible in the process."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
+
+    def install(self) -> "StopRequest":
+        self._pid = os.getpid()
+        for signum in STOP_SIGNALS:
+            previous = signal.signal(signum, self._record)
+            if previous is not self._record:
+                self._previous[signum] = previous
+        return self
+
+    def _record(self, signum: int, frame) -> None:
+        if self.signum is None and os.getpid() == self._pid:  # not again in forked data workers
+            print(f"[preemption] caught {signal.Signals(signum).name}: checkpointing after this step",
+                  file=sys.stderr, flush=True)
+        self.signum = self.signum or signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def previous_handler(self, signum: int):
+        return self._previous.get(signum)
+
+
+STOP = StopRequest()  # the process-wide instance; ``launch.pretrain`` installs it before heavy imports
+
+
+def under_submitit() -> bool:
+    return "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
+
+
+def requeue(stop: StopRequest, max_requeues: int, is_main: bool) -> StopOutcome:
+    """Put the job back in the queue (rank 0 acts; the others just return). Call after the checkpoint is saved."""
+    if under_submitit():
+        return _submitit_requeue(stop, is_main)
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id is None:
+        if is_main:
+            print("[preemption] not under Slurm: stopped after the checkpoint; rerun the same command to resume",
+                  file=sys.stderr, flush=True)
+        return StopOutcome.NOT_REQUEUED
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if restarts >= max_requeues:
+        if is_main:
+            print(f"[preemption] job {job_id} already restarted {restarts} times (train.max_requeues="
+                  f"{max_requeues}): not requeueing; resubmit to continue from the checkpoint",
+                  file=sys.stderr, flush=True)
+        return StopOutcome.NOT_REQUEUED
+    if is_main:
+        print(f"[preemption] requeueing job {job_id} (restart {restarts + 1} of at most {max_requeues})",
+              file=sys.stderr, flush=True)
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"[preemption] scontrol requeue {job_id} failed: {result.stderr.strip()}",
+                  file=sys.stderr, flush=True)
+            return StopOutcome.NOT_REQUEUED
+    return StopOutcome.REQUEUED
+
+
+def _submitit_requeue(stop: StopRequest, is_main: bool) -> StopOutcome:
+    """Hand over to submitit's handler: it calls our Checkpointable's ``checkpoint`` and requeues (rank 0)."""
+    signum = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+    handler = stop.previous_handler(signum)  # submitit's checkpoint-and-requeue
+    if not is_main:
+        return StopOutcome.REQUEUED
+    if not callable(handler):
+        print("[preemption] submitit handler missing: not requeued", file=sys.stderr, flush=True)
+        return StopOutcome.NOT_REQUEUED
+    try:
+        handler(signum, None)  # submitit checkpoints our callable, requeues, then exits the process
+    except SystemExit:
+        return StopOutcome.REQUEUED
+    return StopOutcome.REQUEUED

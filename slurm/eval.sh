@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Eval-only job: caption generation + CIDEr for one checkpoint, or every checkpoint of a run directory.
+#   sbatch slurm/eval.sh runs/capsfusion-10m-raw                                 # all complete checkpoints
+#   sbatch slurm/eval.sh runs/capsfusion-10m-raw/checkpoints/global_step1220     # one checkpoint
+#   sbatch --dependency=afterok:<train job id> slurm/eval.sh runs/capsfusion-10m-raw
+# Any further arguments go to launch.evaluate (see `python -m launch.evaluate --help`).
+#SBATCH --job-name=lmm-eval
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --time=04:00:00
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm/logs/%x-%j.out
+exec "${SLURM_SUBMIT_DIR}/slurm/launch.sh" evaluate "$@"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one launcher behind every slurm/*.sh batch script: inside an allocation, start one process per task (one
+# per GPU) with srun, rendezvous taken from the Slurm environment.
+#
+#   slurm/launch.sh pretrain --config configs/capsfusion_10m.yaml [key=value ...]
+#   slurm/launch.sh evaluate CHECKPOINT_OR_DIR [options]
+#
+# Rendezvous: master = first host of the job's node list, port derived from the job id (stable across requeues,
+# distinct between jobs sharing a node); rank / local rank / world size come from SLURM_PROCID / SLURM_LOCALID /
+# SLURM_NTASKS in lmm.distributed. --kill-on-bad-exit: one dead rank ends the whole step at once (no hang).
+# Environment: LMM_PYTHON (interpreter, default `python`), MASTER_PORT (to override the derived port).
+set -euo pipefail
+
+entry=${1:?usage: slurm/launch.sh pretrain|evaluate ARGS...}
+shift
+: "${SLURM_JOB_ID:?slurm/launch.sh runs inside a Slurm allocation (sbatch slurm/pretrain_10m.sh)}"
+cd "${SLURM_SUBMIT_DIR:-.}"
+
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_ADDR
+export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 40000))}
+export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed NCCL collective aborts instead of hanging
+
+echo "[launch] job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
+     "${SLURM_NTASKS} tasks, master ${MASTER_ADDR}:${MASTER_PORT}, launch.${entry} $*"
+srun --kill-on-bad-exit=1 --cpu-bind=none "${LMM_PYTHON:-python}" -m "launch.${entry}" "$@"

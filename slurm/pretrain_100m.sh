@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# CapsFusion pretraining on 100M samples of one caption source (configs/capsfusion_100m.yaml).
+#   sbatch slurm/pretrain_100m.sh                                # capsfusion captions
+#   sbatch slurm/pretrain_100m.sh data.caption_source=raw        # any config override passes through
+#   sbatch --nodes=4 slurm/pretrain_100m.sh                      # sbatch flags override the headers below
+# Preemption / time limit: USR1 arrives 5 min before the end; the run checkpoints and requeues itself.
+#SBATCH --job-name=capsfusion-100m
+#SBATCH --nodes=16
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --time=72:00:00
+#SBATCH --signal=USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm/logs/%x-%j.out
+exec "${SLURM_SUBMIT_DIR}/slurm/launch.sh" pretrain --config configs/capsfusion_100m.yaml "$@"

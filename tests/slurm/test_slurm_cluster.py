@@ -1,0 +1,216 @@
+"""The launch layer against real Slurm daemons: a private 2-node cluster (start_local_cluster.sh) runs the very
+``slurm/pretrain_10m.sh`` users submit, with tiny-model overrides on CPU/gloo.
+
+Where Slurm cannot start (not root, no apt) these tests skip with the reason; with ``LMM_REQUIRE_SLURM=1`` (CI)
+that is a failure instead.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, TINY_OVERRIDES, assert_same_weights, consolidated_weights
+from lmm.training.checkpoint import complete_checkpoints, read_meta
+
+HERE = Path(__file__).resolve().parent
+PRETRAIN_10M = "slurm/pretrain_10m.sh"
+STEPS = 32  # the whole 512-sample toy world at global batch 16
+# sbatch flags override the script's GPU-cluster headers: 2 nodes x 1 CPU task
+CPU_FLAGS = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
+RUNNING_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING"}
+
+
+def slurm(*args: str, check: bool = True) -> str:
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    if check and result.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed: {result.stderr}")
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    result = subprocess.run([str(HERE / "start_local_cluster.sh")], capture_output=True, text=True, timeout=600)
+    if result.returncode:
+        reason = f"local Slurm cluster could not start: {result.stderr.strip()[-800:]}"
+        if os.environ.get("LMM_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    conf = result.stdout.strip().split("=", 1)[1]
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    subprocess.run([str(HERE / "stop_local_cluster.sh")], timeout=120)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+def run_overrides(world: Path, out: Path, *extra: str) -> list[str]:
+    return ["model.vision.name=EVA01-tiny-14", "train.precision=fp32", *TINY_OVERRIDES,
+            f"data.train_manifest={world / 'train' / 'manifest.json'}", "data.num_samples=512",
+            "train.checkpoint_every=8", f"output_dir={out}", *extra]
+
+
+def sbatch(out: Path, overrides: list[str]) -> str:
+    """Submit slurm/pretrain_10m.sh from the repository root, as a user would; returns the job id."""
+    env = {**os.environ, "LMM_PYTHON": sys.executable}
+    result = subprocess.run(["sbatch", "--parsable", *CPU_FLAGS, f"--output={out}.log", PRETRAIN_10M, *overrides],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def job_state(job: str) -> tuple[str, str]:
+    """(state, exit code) of the job's newest incarnation, from accounting."""
+    lines = slurm("sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", job).splitlines()
+    if not lines:
+        return "PENDING", ""
+    state, exit_code = lines[-1].split("|")
+    return state.split()[0], exit_code
+
+
+def wait_for_end(job: str, timeout: float = 300) -> tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, exit_code = job_state(job)
+        if state not in RUNNING_STATES and not slurm("squeue", "-h", "-j", job, check=False):
+            return state, exit_code
+        time.sleep(1)
+    slurm("scancel", job, check=False)
+    raise AssertionError(f"job {job} still running after {timeout}s")
+
+
+def wait_for_log(log: Path, text: str, after: str = "", timeout: float = 240) -> None:
+    """Wait until ``text`` appears in the job log (after the last occurrence of ``after``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text() if log.exists() else ""
+        if text in content[content.rfind(after):] if after else text in content:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"'{text}' never appeared in {log}:\n{content[-3000:]}")
+
+
+def logged_steps(log: Path) -> list[int]:
+    return [step for segment in steps_per_start(log) for step in segment]
+
+
+def steps_per_start(log: Path) -> list[list[int]]:
+    """The steps each start of the job (first run, requeues, resubmissions) logged."""
+    segments = []
+    for line in log.read_text().splitlines():
+        if line.startswith("[launch] job "):
+            segments.append([])
+        elif line.startswith("step "):
+            segments[-1].append(int(line.split()[1]))
+    return segments
+
+
+def final_weights(out: Path) -> dict:
+    return consolidated_weights(complete_checkpoints(out)[-1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, demo_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("slurm") / "uninterrupted"
+    job = sbatch(out, run_overrides(demo_world, out))
+    return out, job, wait_for_end(job)
+
+
+def test_pretrain_script_trains_on_two_nodes_and_exits_0(uninterrupted):
+    out, job, (state, exit_code) = uninterrupted
+    log = Path(f"{out}.log").read_text()
+    assert (state, exit_code) == ("COMPLETED", "0:0"), log[-3000:]
+    assert f"[launch] job {job} (restart 0) on n[1-2]: 2 tasks, master n1:" in log
+    assert logged_steps(Path(f"{out}.log")) == list(range(1, STEPS + 1))
+    assert [read_meta(c).step for c in complete_checkpoints(out)] == [8, 16, 24, 32]
+    assert slurm("sacct", "-X", "-n", "-P", "-o", "NNodes", "-j", job) == "2"
+
+
+def test_preempted_job_checkpoints_requeues_resumes_and_matches_uninterrupted(uninterrupted, demo_world):
+    """USR1 (what ``--signal`` sends before a time limit or preemption) -> checkpoint -> ``scontrol requeue`` ->
+    the restarted job resumes by itself. A second signal exceeds train.max_requeues=1: it checkpoints and exits 75
+    without requeueing; resubmitting finishes the run with the uninterrupted run's weights."""
+    base_out, _, _ = uninterrupted
+    out = base_out.parent / "preempted"
+    log = Path(f"{out}.log")
+    job = sbatch(out, run_overrides(demo_world, out, "train.max_requeues=1"))
+
+    wait_for_log(log, "step 2 ")
+    slurm("scancel", "--signal=USR1", job)
+    wait_for_log(log, f"[launch] job {job} (restart 1)")
+    wait_for_log(log, '{"parameters"', after="(restart 1)")  # the restarted ranks are about to train
+    slurm("scancel", "--signal=USR1", job)
+    state, exit_code = wait_for_end(job)
+    text = log.read_text()
+    assert "requeueing job" in text and "not requeueing" in text, text[-3000:]
+    assert (state, exit_code) == ("FAILED", "75:0"), text[-3000:]  # stopped early, resumable
+    first, second = steps_per_start(log)
+    assert first[0] == 1 and second[0] == first[-1] + 1  # the restart continued right after the saved step
+    assert 2 <= first[-1] < second[-1] < STEPS
+    assert {first[-1], second[-1]} <= {read_meta(c).step for c in complete_checkpoints(out)}
+
+    resubmitted = sbatch(out, run_overrides(demo_world, out, "train.max_requeues=1"))
+    assert wait_for_end(resubmitted) == ("COMPLETED", "0:0")
+    assert logged_steps(log) == list(range(1, STEPS + 1))  # none repeated, none skipped
+    assert_same_weights(final_weights(base_out), final_weights(out))
+
+
+def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_path):
+    out = tmp_path / "dead-rank"
+    job = sbatch(out, run_overrides(demo_world, out))
+    wait_for_log(Path(f"{out}.log"), "step 1 ")
+    victims = [pid for pid in _pids_of_run(out) if _environ(pid).get("SLURM_PROCID") == "1"]
+    assert victims, "rank 1 not found"
+    started = time.monotonic()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    state, exit_code = wait_for_end(job, timeout=180)
+    assert time.monotonic() - started < 120
+    assert state == "FAILED" and exit_code != "0:0", (state, exit_code)
+
+
+def test_submitit_submits_to_the_cluster_and_refuses_a_bad_config(cluster, demo_world, tmp_path):
+    from launch.submit import SubmitOptions, main as submit_main, submit_pretrain
+
+    options = SubmitOptions(executor="slurm", nodes=2, gpus_per_node=0, tasks_per_node=1, cpus_per_task=1,
+                            time_min=10, folder=str(tmp_path / "submitit" / "%j"))
+    out = tmp_path / "submitit-run"
+    config = str(REPO_ROOT / "configs/capsfusion_10m.yaml")
+    job = submit_pretrain(config, run_overrides(demo_world, out, "data.num_samples=128"), options)
+    assert job.results() == [0, 0]
+    assert [read_meta(c).step for c in complete_checkpoints(out)] == [8]
+
+    jobs_before = slurm("sacct", "-X", "-n", "-P", "-o", "JobID").splitlines()
+    assert submit_main(["--config", config, "--nodes", "2", "--gpus-per-node", "0", "--folder", str(tmp_path),
+                        "train.lrr=1"]) == 2
+    assert submit_main(["--config", config, "--nodes", "3", "--gpus-per-node", "0", "--folder", str(tmp_path),
+                        *run_overrides(demo_world, out)]) == 2  # 16 does not split over 3 ranks
+    assert slurm("sacct", "-X", "-n", "-P", "-o", "JobID").splitlines() == jobs_before
+
+
+def _pids_of_run(out: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"output_dir={out}" in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
