@@ -93,16 +93,14 @@ def requeue(stop: StopRequest, max_requeues: int, is_main: bool) -> StopOutcome:
 
 
 def _submitit_requeue(stop: StopRequest, is_main: bool) -> StopOutcome:
-    """Hand over to submitit's handler: it calls our Checkpointable's ``checkpoint`` and requeues (rank 0)."""
+    """Hand over to submitit's handler, which calls our Checkpointable's ``checkpoint``, requeues (rank 0) and
+    exits. No rank returns normally: a returned value would be stored as the job's result while the requeued
+    job still runs."""
     signum = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
     handler = stop.previous_handler(signum)  # submitit's checkpoint-and-requeue
-    if not is_main:
-        return StopOutcome.REQUEUED
-    if not callable(handler):
-        print("[preemption] submitit handler missing: not requeued", file=sys.stderr, flush=True)
-        return StopOutcome.NOT_REQUEUED
-    try:
-        handler(signum, None)  # submitit checkpoints our callable, requeues, then exits the process
-    except SystemExit:
-        return StopOutcome.REQUEUED
-    return StopOutcome.REQUEUED
+    if is_main:
+        if not callable(handler):
+            print("[preemption] submitit handler missing: not requeued", file=sys.stderr, flush=True)
+            return StopOutcome.NOT_REQUEUED
+        handler(signum, None)  # raises SystemExit after requeueing (or UncompletedJobError when out of budget)
+    raise SystemExit(0)

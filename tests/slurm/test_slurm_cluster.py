@@ -177,22 +177,36 @@ def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_p
     assert state == "FAILED" and exit_code != "0:0", (state, exit_code)
 
 
-def test_submitit_submits_to_the_cluster_and_refuses_a_bad_config(cluster, demo_world, tmp_path):
-    from launch.submit import SubmitOptions, main as submit_main, submit_pretrain
+def test_submitit_job_is_preempted_requeued_and_resumed_by_submitit(uninterrupted, demo_world, tmp_path):
+    """submitit submits to the same cluster; its preemption signal (USR2) -> our checkpoint -> submitit's
+    checkpoint-and-requeue -> the requeued job resumes; the result only arrives when the run has finished."""
+    from launch.submit import SubmitOptions, submit_pretrain
 
+    base_out, _, _ = uninterrupted
     options = SubmitOptions(executor="slurm", nodes=2, gpus_per_node=0, tasks_per_node=1, cpus_per_task=1,
                             time_min=10, folder=str(tmp_path / "submitit" / "%j"))
     out = tmp_path / "submitit-run"
-    config = str(REPO_ROOT / "configs/capsfusion_10m.yaml")
-    job = submit_pretrain(config, run_overrides(demo_world, out, "data.num_samples=128"), options)
+    job = submit_pretrain(str(REPO_ROOT / "configs/capsfusion_10m.yaml"), run_overrides(demo_world, out), options)
+    log = tmp_path / "submitit" / job.job_id / f"{job.job_id}_0_log.out"
+    wait_for_log(log, "step 2 ")
+    slurm("scancel", "--signal=USR2", job.job_id)
     assert job.results() == [0, 0]
-    assert [read_meta(c).step for c in complete_checkpoints(out)] == [8]
+    text = log.read_text()
+    assert "Requeued job" in text, text[-3000:]
+    steps = [int(line.split()[1]) for line in text.splitlines() if line.startswith("step ")]
+    assert steps == list(range(1, STEPS + 1))
+    assert_same_weights(final_weights(base_out), final_weights(out))
 
+
+def test_submit_refuses_a_bad_config_and_submits_nothing(cluster, demo_world, tmp_path):
+    from launch.submit import main as submit_main
+
+    config = str(REPO_ROOT / "configs/capsfusion_10m.yaml")
     jobs_before = slurm("sacct", "-X", "-n", "-P", "-o", "JobID").splitlines()
     assert submit_main(["--config", config, "--nodes", "2", "--gpus-per-node", "0", "--folder", str(tmp_path),
                         "train.lrr=1"]) == 2
     assert submit_main(["--config", config, "--nodes", "3", "--gpus-per-node", "0", "--folder", str(tmp_path),
-                        *run_overrides(demo_world, out)]) == 2  # 16 does not split over 3 ranks
+                        *run_overrides(demo_world, tmp_path / "run")]) == 2  # 16 does not split over 3 ranks
     assert slurm("sacct", "-X", "-n", "-P", "-o", "JobID").splitlines() == jobs_before
 
 
