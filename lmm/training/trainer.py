@@ -99,22 +99,25 @@ class Trainer:
                                                           "consumed_batches": self.consumed_batches})
 
     def fit(self, batches: Iterator[dict]) -> list[dict]:
-        """Train until the epoch ends (or ``train.max_steps``), logging and checkpointing on schedule; a stop
-        signal on any rank ends it early, after a checkpoint of the step every rank has finished."""
-        t, last = self.config.train, stop_step(self.config)
-        if self.step == 0 and t.checkpoint_at_start:
+        """Train until the epoch ends (or ``train.max_steps``), or until a stop signal; returns the metric history."""
+        last = stop_step(self.config)
+        if self.step == 0 and self.config.train.checkpoint_at_start:
             self.save()
-        while self.step < last:
-            self.train_step(batches)
-            if self.step % t.log_every == 0 or self.step == last:
-                self.log()
-            stopping = distributed.any_rank(self.stop.requested)
-            if self.step % t.checkpoint_every == 0 or self.step == last or stopping:
-                self.save()
-            if stopping and self.step < last:
-                self.stopped_early = True
-                break
+        while self.step < last and not self.stopped_early:
+            self.advance(batches, last)
         return self.history
+
+    def advance(self, batches: Iterator[dict], last: int) -> None:
+        """One step of the training story: the optimizer step, then logs and checkpoints when due. A stop signal
+        on any rank (checked collectively, so all ranks agree) forces a checkpoint and ends the run early."""
+        t = self.config.train
+        self.train_step(batches)
+        if self.step % t.log_every == 0 or self.step == last:
+            self.log()
+        stopping = distributed.any_rank(self.stop.requested)
+        if self.step % t.checkpoint_every == 0 or self.step == last or stopping:
+            self.save()
+        self.stopped_early = stopping and self.step < last
 
 
 def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
