@@ -42,8 +42,23 @@ def init_distributed(timeout_s: int = 900) -> DistEnv:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
     if not dist.is_initialized():
+        _skip_cpu_inference_kernel()
         deepspeed.init_distributed(verbose=False, timeout=timedelta(seconds=timeout_s))
     return env
+
+
+def _skip_cpu_inference_kernel() -> None:
+    """On CPU, DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce kernel at start-up
+    (~90 s on 2 cores, under a file lock every rank waits on) that only its inference all-reduce uses. Training
+    never calls it, so it is marked unavailable instead of built."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def reduction_device() -> torch.device:
