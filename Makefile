@@ -14,8 +14,8 @@ export PYTHONUNBUFFERED := 1
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-compile $(TORCH)
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	touch $@
 
 setup: $(STAMP)
