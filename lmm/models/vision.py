@@ -70,7 +70,8 @@ def build_vision_tower(config: VisionConfig, device: str | torch.device = "cpu")
         raise ValueError(f"model.vision.name: unknown open_clip model '{config.name}'")
     if config.pretrained is not None and not Path(config.pretrained).is_file():
         raise FileNotFoundError(f"model.vision.pretrained: no such checkpoint file: {config.pretrained}")
-    clip = open_clip.create_model(config.name, device=device)
+    with torch.device(device):  # on "meta" open_clip must not first build (and initialise) on the CPU
+        clip = open_clip.create_model(config.name, device=device)
     tower = VisionTower(clip.visual)
     del clip  # the text tower is not used
     if config.pretrained is not None and str(device) != "meta":
