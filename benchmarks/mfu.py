@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     global_batch = args.micro_batch * args.accumulation
     config = load_config(args.config, [
-        "model.vision.pretrained=null", "model.llm.pretrained=null", "model.tokenizer.path=null", *args.overrides,
+        *args.overrides, "model.vision.pretrained=null", "model.llm.pretrained=null", "model.tokenizer.path=null",
         f"train.micro_batch_size={args.micro_batch}", f"train.global_batch_size={global_batch}",
         f"data.num_samples={global_batch * (args.steps + args.warmup)}"])
     vocab = SyntheticVocabulary(config.model.tokenizer.vocab_size)

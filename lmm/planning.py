@@ -13,10 +13,11 @@ is planned in about a second on a laptop. Memory per GPU = model states + activa
   ``torch.autograd.graph.saved_tensors_hooks`` on the real modules and checked in ``tests/lmm/test_planning.py``):
   LLaMA layer, per token: ``24h + 8i + 2s`` when trained, ``16h + 6i + 2s`` when frozen (a frozen Linear keeps
   no input: only activation gradients flow back to the bridge); with gradient checkpointing ``2h`` per layer
-  plus one layer recomputed at a time. LM head, final norm and input embeddings per token: ``4V + 8h`` (trained) or
-  ``4V + 4h`` (frozen) kept, ``8V`` transient (fp32 logits for the loss and their gradient). EVA block per token when trained: ``16w + 4i`` (``2w`` with
-  checkpointing); a frozen tower upstream of everything keeps nothing. Bridge block per sample when anything
-  before the decoder trains: ``Q (24w + 4i) + 4 w T``.
+  plus one layer recomputed at a time. LM head, final norm and input embeddings per token: ``4V + 8h``
+  (trained) or ``4V + 4h`` (frozen) kept, ``8V`` transient (fp32 logits for the loss and their gradient).
+  EVA block per token when trained: ``16w + 4i`` (``2w`` with checkpointing), plus the pixels (``6 x H x W``)
+  and embedded tokens (``4w`` per token); a frozen tower upstream of everything keeps nothing. Bridge block per
+  sample when anything before the decoder trains: ``Q (24w + 4i) + 4 w T``.
 * **headroom**: CUDA context, NCCL and DeepSpeed buckets, allocator fragmentation (``--headroom-gb``).
 
 The chosen micro-batch is the largest divisor of ``global / N`` that fits; accumulation makes the global batch
@@ -51,6 +52,7 @@ class ModelShape:
     vision_depth: int
     vision_mlp: int
     vision_tokens: int
+    image_pixels: int  # height x width of the tower's input
     patch_params: int  # patch-embedding weights (a matmul per patch)
     bridge_width: int
     bridge_depth: int
@@ -113,6 +115,7 @@ def model_shape(config: ExperimentConfig, model: nn.ModuleDict | None = None) ->
         largest_layer=max(sum(p.numel() for p in mod.parameters(recurse=False)) for mod in model.modules()),
         vision_width=trunk.embed_dim, vision_depth=len(trunk.blocks),
         vision_mlp=trunk.blocks[0].mlp.fc1.out_features, vision_tokens=model["vision"].num_tokens,
+        image_pixels=model["vision"].image_size[0] * model["vision"].image_size[1],
         patch_params=trunk.patch_embed.proj.weight.numel(),
         bridge_width=m.bridge.width, bridge_depth=m.bridge.depth, bridge_mlp=int(m.bridge.width * m.bridge.mlp_ratio),
         num_queries=m.bridge.num_queries, llm_hidden=llm.hidden_size, llm_layers=llm.num_hidden_layers,
@@ -165,6 +168,7 @@ def activation_bytes(shape: ModelShape, precision: str, llm_checkpointing: bool,
         w, q, t = shape.bridge_width, shape.num_queries, shape.vision_tokens
         kept += shape.bridge_depth * (q * (24 * w + 4 * shape.bridge_mlp) + 4 * w * t)
     if tr["vision"]:
+        kept += 2 * 3 * shape.image_pixels + 4 * shape.vision_tokens * shape.vision_width  # pixels, embedded tokens
         vis_layer = shape.vision_tokens * (16 * shape.vision_width + 4 * shape.vision_mlp)
         if vision_checkpointing:
             kept += shape.vision_depth * 2 * shape.vision_tokens * shape.vision_width
@@ -276,9 +280,10 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  {e.stage}  | {e.model_states_gb:14.1f} | {e.activations_gb_per_sample:10.3f} / "
                      f"{e.activations_gb_per_sample_ckpt:<10.3f}     | {e.max_micro_batch:>6} / "
                      f"{e.max_micro_batch_ckpt:<6}")
-    lines += ["", f"chosen: ZeRO-{plan.zero_stage}, gradient checkpointing {'on' if plan.grad_checkpointing else 'off'}, "
-                  f"micro-batch {plan.micro_batch} x accumulation {plan.accumulation} x {plan.nodes * plan.gpus_per_node}"
-                  f" GPUs = global batch {plan.global_batch}; estimated {plan.per_gpu_gb:.1f} GB per GPU",
+    checkpointing = "on" if plan.grad_checkpointing else "off"
+    lines += ["", f"chosen: ZeRO-{plan.zero_stage}, gradient checkpointing {checkpointing}, micro-batch "
+                  f"{plan.micro_batch} x accumulation {plan.accumulation} x {plan.nodes * plan.gpus_per_node} GPUs "
+                  f"= global batch {plan.global_batch}; estimated {plan.per_gpu_gb:.1f} GB per GPU",
               "overrides: " + " ".join(plan.overrides)]
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

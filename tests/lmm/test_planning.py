@@ -83,12 +83,17 @@ def saved_activation_bytes(model, batch, pixels) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("llm_trainable,ckpt", [(False, False), (True, False), (False, True), (True, True)])
-def test_activation_formula_matches_what_autograd_keeps(tokenizer, llm_trainable, ckpt):
+@pytest.mark.parametrize("vision_trainable,llm_trainable,ckpt", [
+    (False, False, False), (False, True, False), (False, False, True), (False, True, True), (True, True, False),
+    (True, True, True)])
+def test_activation_formula_matches_what_autograd_keeps(tokenizer, vision_trainable, llm_trainable, ckpt):
+    flag = {True: "true", False: "false"}
     overrides = ["model.bridge.num_queries=8", "model.bridge.width=64", "model.bridge.depth=2",
                  "model.bridge.heads=2", "model.llm.hidden_size=256", "model.llm.num_layers=2",
-                 "model.llm.num_heads=4", "model.llm.intermediate_size=688", "model.vision.trainable=false",
-                 f"model.llm.trainable={str(llm_trainable).lower()}", f"model.llm.grad_checkpointing={str(ckpt).lower()}",
+                 "model.llm.num_heads=4", "model.llm.intermediate_size=688",
+                 f"model.vision.trainable={flag[vision_trainable]}", f"model.llm.trainable={flag[llm_trainable]}",
+                 f"model.llm.grad_checkpointing={flag[ckpt]}",
+                 f"model.vision.grad_checkpointing={flag[ckpt and vision_trainable]}",
                  "data.max_caption_tokens=24", "train.precision=bf16"]
     config = load_config(REPO_ROOT / "configs/demo.yaml", overrides)
     torch.manual_seed(0)
@@ -100,7 +105,7 @@ def test_activation_formula_matches_what_autograd_keeps(tokenizer, llm_trainable
     shape = model_shape(config, build_meta_model(config, tokenizer.vocab_size))
     assert batch["input_ids"].shape[1] == shape.seq_len
     measured = saved_activation_bytes(model, batch, torch.randn(micro, 3, 112, 112, dtype=torch.bfloat16))
-    estimated = micro * activation_bytes(shape, "bf16", ckpt, False).kept
+    estimated = micro * activation_bytes(shape, "bf16", ckpt, ckpt and vision_trainable).kept
     print(f"activation estimate {estimated} vs measured {measured}: {estimated / measured:.3f}")
     assert estimated == pytest.approx(measured, rel=0.15), (estimated, measured)
 

@@ -52,7 +52,8 @@ def test_attention_implementations_agree_and_unavailable_ones_fail_clearly(token
         load_config(REPO_ROOT / "configs/demo.yaml", ["model.llm.attn_implementation=flash"])
     from transformers.utils import is_flash_attn_2_available
     if not is_flash_attn_2_available():
-        config = load_config(REPO_ROOT / "configs/demo.yaml", TINY + ["model.llm.attn_implementation=flash_attention_2"])
+        config = load_config(REPO_ROOT / "configs/demo.yaml",
+                             TINY + ["model.llm.attn_implementation=flash_attention_2"])
         with pytest.raises(ValueError, match="flash_attention_2 needs the flash-attn package and a CUDA GPU"):
             build_lmm(config.model, tokenizer)
 

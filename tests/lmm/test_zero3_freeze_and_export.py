@@ -61,7 +61,7 @@ def test_zero3_updates_only_the_trainable_parts(zero3_run):
     assert counts["vision/trainable"] == counts["llm/trainable"] == 0 and counts["total/frozen"] > 0
 
 
-def test_export_loads_with_transformers_and_reproduces_outputs(zero3_run, tmp_path, tokenizer):
+def test_export_loads_with_transformers_and_reproduces_outputs(zero3_run, tmp_path):
     out, _ = zero3_run
     export_dir = tmp_path / "export"
     assert export_main([str(out), str(export_dir)]) == 0  # the run's newest complete checkpoint
