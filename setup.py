@@ -35,5 +35,7 @@ setup(
         "lmm-evaluate=launch.evaluate:main",
         "lmm-plot=launch.plot:main",
         "lmm-demo=launch.demo:main",
+        "lmm-plan=launch.plan:main",
+        "lmm-export=launch.export:main",
     ]},
 )

@@ -53,13 +53,13 @@ class LLMConfig:
     max_position_embeddings: int = 4096
     trainable: bool = False  # frozen by default; ``true`` is the paper's "fire the LLM" variant
     grad_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"  # transformers' switch
 
 
 @dataclass
 class TokenizerConfig:
     """sentencepiece model: LLaMA's ``tokenizer.model``, or trained in-process on the training captions."""
-    path: Optional[str] = None  # None = train one on the training captions into the run directory
+    path: Optional[str] = None  # None = <model.llm.pretrained>/tokenizer.model, else one trained on the captions
     vocab_size: int = 32000  # only used when training one
 
 
@@ -95,6 +95,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16"] = "bf16"
+    tf32: bool = True  # TF32 tensor cores for fp32 matmuls/convolutions (CUDA only)
     zero_stage: int = 2
     deepspeed_template: str = "configs/deepspeed/zero.json"
     checkpoint_every: int = 1000  # optimizer steps; a final checkpoint is always written

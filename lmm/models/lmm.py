@@ -68,9 +68,14 @@ def build_lmm(config: ModelConfig, tokenizer: CaptionTokenizer) -> LMM:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Trainable and frozen parameter counts per top-level component."""
+    """Trainable and frozen parameter counts per top-level component, and their totals."""
+    def numel(p: nn.Parameter) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 leaves an empty local tensor
+
     counts = {}
     for name, child in model.named_children():
-        counts[f"{name}/trainable"] = sum(p.numel() for p in child.parameters() if p.requires_grad)
-        counts[f"{name}/frozen"] = sum(p.numel() for p in child.parameters() if not p.requires_grad)
+        counts[f"{name}/trainable"] = sum(numel(p) for p in child.parameters() if p.requires_grad)
+        counts[f"{name}/frozen"] = sum(numel(p) for p in child.parameters() if not p.requires_grad)
+    for kind in ("trainable", "frozen"):
+        counts[f"total/{kind}"] = sum(v for k, v in list(counts.items()) if k.endswith(f"/{kind}"))
     return counts

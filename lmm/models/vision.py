@@ -16,6 +16,7 @@ from timm.models.eva import _create_eva
 from torch import nn
 
 from lmm.config import VisionConfig
+from lmm.models.weights import check_tensor_shapes, state_shapes
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP statistics, as EVA01-CLIP uses
@@ -60,18 +61,46 @@ class VisionTower(nn.Module):
         self.visual.trunk.set_grad_checkpointing(enable)
 
 
-def build_vision_tower(config: VisionConfig) -> VisionTower:
-    """Create the tower through open_clip; ``config.pretrained`` is a local open_clip checkpoint file."""
+def build_vision_tower(config: VisionConfig, device: str | torch.device = "cpu") -> VisionTower:
+    """Create the tower through open_clip and load ``config.pretrained`` (a local open_clip checkpoint file).
+
+    ``device="meta"`` builds the structure only (no memory, no weights): the planner's path.
+    """
     if config.name not in open_clip.list_models():
         raise ValueError(f"model.vision.name: unknown open_clip model '{config.name}'")
     if config.pretrained is not None and not Path(config.pretrained).is_file():
         raise FileNotFoundError(f"model.vision.pretrained: no such checkpoint file: {config.pretrained}")
-    clip = open_clip.create_model(config.name, pretrained=config.pretrained, require_pretrained=bool(config.pretrained))
+    with torch.device(device):  # on "meta" open_clip must not first build (and initialise) on the CPU
+        clip = open_clip.create_model(config.name, device=device)
     tower = VisionTower(clip.visual)
     del clip  # the text tower is not used
+    if config.pretrained is not None and str(device) != "meta":
+        load_vision_weights(tower, config.pretrained)
     if config.grad_checkpointing:
         tower.set_grad_checkpointing(True)
     return tower
+
+
+def load_vision_weights(tower: VisionTower, checkpoint_file: str | Path) -> None:
+    """Load the visual trunk of an open_clip checkpoint file into ``tower``, strictly.
+
+    Accepts what ``open_clip.create_model(pretrained=<file>)`` reads (``.pt``/``.bin``/``.safetensors``, a
+    ``state_dict`` key, ``module.`` prefixes; a whole CLIP with ``visual.trunk.*`` keys, text tower ignored) and,
+    through timm's EVA converter, a bare trunk or EVA-CLIP's own ``visual.*`` naming. A tensor of the wrong shape
+    or a missing/extra tensor raises WeightsMismatchError naming it.
+    """
+    from open_clip.factory import load_state_dict
+    from timm.models.eva import checkpoint_filter_fn
+
+    source = f"model.vision.pretrained {checkpoint_file}"
+    try:
+        state = load_state_dict(str(checkpoint_file))
+    except Exception as err:  # torch/safetensors raise many types for a corrupt or foreign file
+        raise ValueError(f"{source}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    trunk = tower.visual.trunk
+    state = checkpoint_filter_fn(state, trunk)
+    check_tensor_shapes(state_shapes(trunk.state_dict()), state_shapes(state), source)
+    trunk.load_state_dict(state, strict=True)
 
 
 def image_preprocess(tower: VisionTower):

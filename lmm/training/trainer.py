@@ -15,6 +15,7 @@ from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus, load_manifest
 from lmm import distributed
 from lmm.config import ExperimentConfig, stop_step
+from lmm.models.llm import pretrained_tokenizer_file
 from lmm.models.lmm import LMM, build_lmm, parameter_counts
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
@@ -32,15 +33,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions (CUDA only; bf16 compute is unaffected)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
 def prepare_tokenizer(config: ExperimentConfig, env: distributed.DistEnv) -> ExperimentConfig:
-    """Return the config with ``model.tokenizer.path`` set, training a tokenizer on rank 0 when none is given."""
+    """Return the config with ``model.tokenizer.path`` set: the pretrained decoder's ``tokenizer.model``, else one
+    trained on rank 0 on the training captions."""
     if config.model.tokenizer.path is not None:
         return config
-    model_file = Path(config.output_dir) / "tokenizer.model"
-    if env.is_main and not model_file.is_file():
-        shards = load_manifest(config.data.train_manifest)
-        train_tokenizer(caption_corpus(shards), model_file, config.model.tokenizer.vocab_size)
-    distributed.barrier()
+    if config.model.llm.pretrained is not None:
+        model_file = pretrained_tokenizer_file(config.model.llm)
+    else:
+        model_file = Path(config.output_dir) / "tokenizer.model"
+        if env.is_main and not model_file.is_file():
+            shards = load_manifest(config.data.train_manifest)
+            train_tokenizer(caption_corpus(shards), model_file, config.model.tokenizer.vocab_size)
+        distributed.barrier()
     return replace(config, model=replace(config.model, tokenizer=replace(config.model.tokenizer,
                                                                          path=str(model_file))))
 
@@ -130,6 +142,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     if env.is_main:
         write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
     seed_everything(config.seed)
+    set_tf32(config.train.tf32)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     model = build_lmm(config.model, tokenizer)
     engine = build_engine(config, model, env.world_size)

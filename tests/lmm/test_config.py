@@ -62,3 +62,18 @@ def test_deepspeed_config_follows_experiment_config():
     params = ds["scheduler"]["params"]
     assert params["total_num_steps"] == 12207 and params["warmup_num_steps"] == 2000
     assert params["cos_min_ratio"] == pytest.approx(0.1)
+
+
+def test_paper_model_and_freezing_policy():
+    """EVA01-CLIP-g-14 frozen -> Emu bridge (32 x 768, 12 blocks, 12 heads, FFN 3072) trained -> LLaMA-2-7B frozen;
+    the "fire the LLM" run is one override."""
+    m = load_config(REPO_ROOT / "configs/capsfusion_50m.yaml").model
+    assert (m.vision.name, m.vision.trainable) == ("EVA01-g-14", False)
+    b = m.bridge
+    assert (b.num_queries, b.width, b.depth, b.heads, b.width * b.mlp_ratio, b.trainable) == (32, 768, 12, 12, 3072,
+                                                                                             True)
+    llm = m.llm
+    assert (llm.hidden_size, llm.num_layers, llm.num_heads, llm.intermediate_size, llm.trainable) == (4096, 32, 32,
+                                                                                                     11008, False)
+    fired = load_config(REPO_ROOT / "configs/capsfusion_50m.yaml", ["model.llm.trainable=true"]).model.llm
+    assert fired.trainable

@@ -1,0 +1,32 @@
+"""Export a checkpoint for use outside training: ``python -m launch.export CKPT_OR_RUN_DIR OUT_DIR``.
+
+CKPT_OR_RUN_DIR is one checkpoint (``.../checkpoints/global_stepN``) or a run directory, whose newest complete
+checkpoint is exported. OUT_DIR receives ``llm/`` (transformers ``from_pretrained`` + tokenizer.model),
+``bridge/`` and ``vision/`` (safetensors + config.json) and ``lmm_export.json`` (see ``lmm/export.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", type=Path, help="checkpoint or run directory")
+    parser.add_argument("out", type=Path, help="export directory")
+    args = parser.parse_args(argv)
+
+    from lmm.training.checkpoint import META_FILE, complete_checkpoints
+    found = [args.target] if (args.target / META_FILE).is_file() else complete_checkpoints(args.target)
+    if not found:
+        print(f"error: no complete checkpoint (with {META_FILE}) under {args.target}", file=sys.stderr)
+        return 2
+    from lmm.export import export_checkpoint
+    marker = export_checkpoint(found[-1], args.out)
+    print(f"exported {found[-1]} -> {marker.parent}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Consolidated export of a training checkpoint, loadable without DeepSpeed.
+
+A DeepSpeed checkpoint of any ZeRO stage and world size is consolidated with DeepSpeed's own ``zero_to_fp32``
+(through ``lmm.eval.captioning.load_checkpoint_model``) and written as::
+
+    <out>/lmm_export.json   written last: format, checkpoint identity (step, samples seen, caption source, ...),
+                            the run's full config, and the layout below
+    <out>/llm/              LlamaForCausalLM.save_pretrained (config.json, safetensors; vocabulary includes the
+                            image markers) + the sentencepiece tokenizer.model
+    <out>/bridge/           model.safetensors + config.json (BridgeConfig fields, vision_width, out_width)
+    <out>/vision/           model.safetensors in open_clip's layout (visual.trunk.*; loads as model.vision.pretrained)
+                            + config.json (open_clip model name, feature choice)
+
+``load_exported(out)`` rebuilds the LMM from these parts through the same builders training uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmm.config import config_from_dict
+from lmm.models.lmm import LMM, build_lmm
+from lmm.models.weights import check_tensor_shapes, state_shapes
+from lmm.tokenizer import CaptionTokenizer
+from lmm.training.checkpoint import write_json_atomic
+
+EXPORT_MARKER = "lmm_export.json"
+EXPORT_FORMAT = "lmm-export/1"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the consolidated parts of one complete checkpoint to ``out_dir``; returns the marker file."""
+    from lmm.eval.captioning import load_checkpoint_model
+
+    model, config, meta = load_checkpoint_model(checkpoint_dir)
+    out = Path(out_dir)
+    (out / EXPORT_MARKER).unlink(missing_ok=True)  # an interrupted re-export must not look complete
+    model.llm.save_pretrained(out / "llm", safe_serialization=True)
+    shutil.copyfile(config.model.tokenizer.path, out / "llm" / TOKENIZER_FILE)
+    _save_tensors(model.bridge.state_dict(), out / "bridge" / WEIGHTS_FILE)
+    write_json_atomic(out / "bridge" / "config.json", {**dataclasses.asdict(config.model.bridge),
+                                                      "vision_width": model.vision.width,
+                                                      "out_width": model.llm.config.hidden_size})
+    _save_tensors({f"visual.{k}": v for k, v in model.vision.visual.state_dict().items()},
+                  out / "vision" / WEIGHTS_FILE)
+    write_json_atomic(out / "vision" / "config.json", {
+        "open_clip_model": config.model.vision.name, "width": model.vision.width,
+        "num_tokens": model.vision.num_tokens, "image_size": list(model.vision.image_size),
+        "features": "all tokens (CLS + patches) of the last block, before the final norm and head"})
+    marker = {"format": EXPORT_FORMAT, "checkpoint": str(Path(checkpoint_dir).resolve()),
+              "meta": dataclasses.asdict(meta), "config": config.to_dict(),
+              "parts": {"llm": "llm", "tokenizer": f"llm/{TOKENIZER_FILE}", "bridge": f"bridge/{WEIGHTS_FILE}",
+                        "vision": f"vision/{WEIGHTS_FILE}"}}
+    write_json_atomic(out / EXPORT_MARKER, marker)
+    return out / EXPORT_MARKER
+
+
+def read_export(out_dir: str | Path) -> dict:
+    """The export's marker (format, checkpoint meta, run config); FileNotFoundError/ValueError if not an export."""
+    marker = Path(out_dir) / EXPORT_MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{out_dir} is not a complete export ({EXPORT_MARKER} missing)")
+    data = json.loads(marker.read_text())
+    if data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{marker}: unsupported format {data.get('format')!r} (expected {EXPORT_FORMAT})")
+    return data
+
+
+def load_exported(out_dir: str | Path) -> tuple[LMM, CaptionTokenizer]:
+    """The exported LMM (eval mode, fp32, on CPU) and its tokenizer, built by the training code's builders."""
+    out = Path(out_dir)
+    data = read_export(out)
+    model_config = config_from_dict(data["config"]).model
+    tokenizer = CaptionTokenizer(out / data["parts"]["tokenizer"])
+    model_config = dataclasses.replace(
+        model_config,
+        vision=dataclasses.replace(model_config.vision, pretrained=str(out / data["parts"]["vision"]),
+                                   grad_checkpointing=False),
+        llm=dataclasses.replace(model_config.llm, pretrained=str(out / data["parts"]["llm"]),
+                                grad_checkpointing=False),
+        tokenizer=dataclasses.replace(model_config.tokenizer, path=str(tokenizer.model_file)))
+    model = build_lmm(model_config, tokenizer)
+    bridge_file = out / data["parts"]["bridge"]
+    bridge_state = load_file(str(bridge_file))
+    check_tensor_shapes(state_shapes(model.bridge.state_dict()), state_shapes(bridge_state), str(bridge_file))
+    model.bridge.load_state_dict(bridge_state, strict=True)
+    return model.eval(), tokenizer
