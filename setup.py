@@ -37,5 +37,6 @@ setup(
         "lmm-demo=launch.demo:main",
         "lmm-plan=launch.plan:main",
         "lmm-export=launch.export:main",
+        "lmm-submit=launch.submit:main",
     ]},
 )
