@@ -36,6 +36,7 @@ class SubmitOptions:
     max_num_timeout: int = 3  # submitit's requeue budget for timeouts/preemptions
     folder: str = "slurm/submitit/%j"
     python: str | None = None  # interpreter on the nodes (default: this one)
+    gpu_mem_gb: float | None = None  # when set, the memory planner must find a plan that fits (lmm-plan)
     slurm_args: dict = field(default_factory=dict)  # extra sbatch options, e.g. {"qos": "high"}
 
     @property
@@ -72,6 +73,12 @@ def check_submission(config_path: str, overrides: list[str], options: SubmitOpti
     build_deepspeed_config(config, options.world_size)  # raises ConfigError if the batch cannot split exactly
     if options.executor not in ("slurm", "local"):
         raise ConfigError(f"--executor must be slurm or local, got {options.executor!r}")
+    if options.gpu_mem_gb and options.gpus_per_node:
+        from lmm.planning import PlanError, make_plan
+        try:
+            make_plan(config, options.nodes, options.gpus_per_node, options.gpu_mem_gb)
+        except PlanError as err:
+            raise ConfigError(f"memory plan: {err}") from None
     return config
 
 
@@ -109,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requeues", type=int, default=3, help="submitit's timeout/preemption budget")
     parser.add_argument("--folder", default="slurm/submitit/%j", help="submitit logs and pickles")
     parser.add_argument("--python", default=None, help="interpreter on the nodes (default: this one)")
+    parser.add_argument("--gpu-mem-gb", type=float, default=None,
+                        help="refuse to submit unless the memory planner (lmm-plan) fits the run in this much")
     parser.add_argument("--wait", action="store_true", help="block until the job ends; exit with its status")
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     args = parser.parse_args(argv)
     options = SubmitOptions(args.executor, args.nodes, args.gpus_per_node, args.tasks_per_node, args.cpus_per_task,
-                            args.time_min, args.partition, args.max_requeues, args.folder, args.python)
+                            args.time_min, args.partition, args.max_requeues, args.folder, args.python,
+                            args.gpu_mem_gb)
     try:
         job = submit_pretrain(args.config, args.overrides, options)
     except ConfigError as err:

@@ -207,6 +207,8 @@ def test_submit_refuses_a_bad_config_and_submits_nothing(cluster, demo_world, tm
                         "train.lrr=1"]) == 2
     assert submit_main(["--config", config, "--nodes", "3", "--gpus-per-node", "0", "--folder", str(tmp_path),
                         *run_overrides(demo_world, tmp_path / "run")]) == 2  # 16 does not split over 3 ranks
+    assert submit_main(["--config", config, "--nodes", "1", "--gpus-per-node", "8", "--gpu-mem-gb", "16",
+                        "--folder", str(tmp_path)]) == 2  # the full-size model does not fit 16 GB GPUs
     assert slurm("sacct", "-X", "-n", "-P", "-o", "JobID").splitlines() == jobs_before
 
 
