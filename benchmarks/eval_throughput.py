@@ -121,12 +121,13 @@ def scoring_benchmark(num_images: int, num_refs: int) -> None:
     ours_t, ours = timed(lambda: cider_d(gts, res)[0])
     theirs_t, theirs = timed(lambda: Cider().compute_score(gts, res)[0])
     print(f"scoring: {num_images} images x {num_refs} references (tokenized)")
-    print(f"  CIDEr-D ours           {ours_t:7.2f} s   pycocoevalcap {theirs_t:7.2f} s   x{theirs_t / ours_t:.1f} faster; "
-          f"|diff| = {abs(ours - theirs):.1e}")
+    print(f"  CIDEr-D ours            {ours_t:6.2f} s   pycocoevalcap {theirs_t:7.2f} s   "
+          f"x{theirs_t / ours_t:.1f} faster; |diff| = {abs(ours - theirs):.1e}")
     ours_t, _ = timed(lambda: (bleu(gts, res), rouge_l(gts, res), cider_d(gts, res)))
     theirs_t, _ = timed(lambda: (Bleu(4).compute_score(gts, res, verbose=0), Rouge().compute_score(gts, res),
                                  Cider().compute_score(gts, res)))
-    print(f"  BLEU+ROUGE-L+CIDEr ours {ours_t:6.2f} s   pycocoevalcap {theirs_t:7.2f} s   x{theirs_t / ours_t:.1f} faster")
+    print(f"  BLEU+ROUGE-L+CIDEr ours {ours_t:6.2f} s   pycocoevalcap {theirs_t:7.2f} s   "
+          f"x{theirs_t / ours_t:.1f} faster")
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ def fit_saturating_power_law(samples: list[float], values: list[float]) -> tuple
     keep = x > 0
     x, y = x[keep], y[keep]
     if len(np.unique(x)) < MIN_FIT_POINTS:
-        return None, f"no fit: {len(np.unique(x))} sample counts > 0, need {MIN_FIT_POINTS}"
+        return None, f"no fit: {len(np.unique(x))} point(s) with D > 0, need {MIN_FIT_POINTS}"
     scale = x.max()  # fit on D / max(D) for conditioning: y = a - B * (D/scale)^(-c), b = B * scale^c
 
     def model(xn, a, big_b, c):
@@ -85,8 +85,8 @@ def fit_saturating_power_law(samples: list[float], values: list[float]) -> tuple
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                params, _ = curve_fit(model, x / scale, y, p0=p0, bounds=([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 5.0]),
-                                      maxfev=20000)
+                params, _ = curve_fit(model, x / scale, y, p0=p0, maxfev=20000,
+                                      bounds=([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 5.0]))
         except (RuntimeError, ValueError):
             continue
         sse = float(np.sum((model(x / scale, *params) - y) ** 2))
@@ -115,7 +115,8 @@ def markdown_tables(points: list[Point], fits: dict[tuple[str, str], tuple[Optio
     lines += [f"| {p.benchmark} | {p.caption_source} | {p.run_name} | {p.step} | {p.samples_seen:,} | {p.value:.2f} |"
               for p in points]
     lines += ["", f"Fits of {metric} = a − b·D^(−c) (D = samples seen > 0):", "",
-              "| benchmark | caption source | a | b | c | points | note |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+              "| benchmark | caption source | a | b | c | points | note |",
+              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for (benchmark, source), (fit, note) in sorted(fits.items()):
         if fit is None:
             lines.append(f"| {benchmark} | {source} | | | | | {note} |")

@@ -25,8 +25,8 @@ def coco_file(tmp_path):
                              ["A man with a red helmet on a small moped on a dirt road.", "Man riding a motor bike.",
                               "A man riding on the back of a motorcycle.", "A dirt path with a young person on a bike.",
                               "A man in a red shirt and a red hat is on a motorcycle on a hill side."], "val2014"),
-              karpathy_entry("cocoid", 522418, "COCO_val2014_000000522418.jpg", "val", ["A woman cutting a cake."] * 5,
-                             "val2014"),
+              karpathy_entry("cocoid", 522418, "COCO_val2014_000000522418.jpg", "val",
+                             ["A woman cutting a cake."] * 5, "val2014"),
               karpathy_entry("cocoid", 184613, "COCO_train2014_000000184613.jpg", "restval", ["A boy and a cow."] * 5,
                              "train2014"),
               karpathy_entry("cocoid", 60623, "COCO_val2014_000000060623.jpg", "test",
@@ -45,7 +45,8 @@ def flickr_file(tmp_path):
     images = [karpathy_entry("imgid", 0, "1000092795.jpg", "train", ["Two young guys with shaggy hair."] * 5),
               karpathy_entry("imgid", 1, "10002456.jpg", "test", ["Several men in hard hats are operating a giant "
                                                                   "pulley system.", "Workers look down from up above."]),
-              karpathy_entry("imgid", 2, "1000268201.jpg", "test", ["A child in a pink dress is climbing stairs."] * 5)]
+              karpathy_entry("imgid", 2, "1000268201.jpg", "test",
+                             ["A child in a pink dress is climbing stairs."] * 5)]
     path = tmp_path / "dataset_flickr30k.json"
     path.write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
     return path
