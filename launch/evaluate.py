@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from lmm.config import ConfigError, EvalConfig, apply_overrides, build_dataclass
+from lmm.training.checkpoint import RUN_CONFIG_FILE
 
 RESULTS_FILE = "eval_results.jsonl"
 
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = Evaluator(args.benchmark, args.overrides, args.results, env)
     try:
         checkpoints = [c for target in args.checkpoint for c in resolve_checkpoints(target)]
-        for checkpoint in checkpoints:
+        if args.watch and (args.watch / RUN_CONFIG_FILE).is_file():  # the run exists: check its protocol now
+            checkpoints_to_check = [args.watch / "checkpoints" / "global_step0"]
+        else:
+            checkpoints_to_check = checkpoints
+        for checkpoint in checkpoints_to_check:
             evaluator.plan(checkpoint)  # fail on a bad protocol before loading anything
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

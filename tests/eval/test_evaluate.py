@@ -101,6 +101,8 @@ def test_bad_requests_fail_before_loading(zero3_run, tmp_path, capsys):
     assert "eval.benchmarks.nocaps.annotations" in capsys.readouterr().err
     assert evaluate(["--checkpoint", checkpoint, "eval.num_beam=3"]) == 2
     assert "unknown config key 'eval.num_beam'" in capsys.readouterr().err
+    assert evaluate(["--watch", str(zero3_run), "num_beams=two"]) == 2
+    assert "expected int" in capsys.readouterr().err
     assert evaluate(["--checkpoint", str(tmp_path)]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
