@@ -109,6 +109,8 @@ def evaluate_benchmark(loaded: EvalModel, eval_config: EvalConfig, target: Bench
             "examples": [{"image_id": img.image_id, "caption": captions[img.image_id],
                           "references": img.references[:2]} for img in images[:NUM_EXAMPLES]],
             "eval_world_size": world_size, "eval_seconds": round(time.time() - start, 2),
+            "eval_device": str(next(loaded.model.parameters()).device),
+            "eval_dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
             "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

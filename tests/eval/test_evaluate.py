@@ -107,3 +107,17 @@ def test_bad_requests_fail_before_loading(zero3_run, tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate([])
+
+
+def test_an_exported_model_directory_is_recognised(tmp_path):
+    """Dispatch only: loading goes through ``lmm.export.load_exported`` (the export component)."""
+    from launch.evaluate import default_results_path, eval_config_for, resolve_checkpoints
+    from lmm.eval.loading import is_export
+    from lmm.eval.tensorboard import eval_log_dir
+
+    (tmp_path / "lmm_export.json").write_text(json.dumps({"config": {"eval": {"num_beams": 3}}}))
+    assert is_export(tmp_path) and resolve_checkpoints(tmp_path) == [tmp_path]
+    assert default_results_path(tmp_path) == tmp_path / "eval_results.jsonl"
+    assert eval_log_dir(tmp_path) == tmp_path / "tensorboard" / "eval"
+    config = eval_config_for(tmp_path, ["eval.max_new_tokens=12"])
+    assert (config.num_beams, config.max_new_tokens, config.min_new_tokens) == (3, 12, 8)  # export's, override, default
