@@ -9,6 +9,7 @@ in the legend, or "no fit" and why when a curve has fewer than 4 sample counts),
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -23,6 +24,27 @@ RESULTS_FILE = "eval_results.jsonl"
 def read_all(paths: list[Path]) -> list[dict]:
     files = [f for p in paths for f in (sorted(p.rglob(RESULTS_FILE)) if p.is_dir() else [p])]
     return [r for f in files for r in read_results(f)]
+
+
+def set_samples_axis(ax, samples: list[int]) -> None:
+    """Log axis, symmetric-log when 0 samples (step 0) is shown; a range under two decades gets ticks at the
+    data points, a symmetric-log one at 0 and the powers of ten."""
+    positive = sorted({x for x in samples if x > 0}) or [1]
+    has_zero = min(samples) <= 0
+    if has_zero:
+        ax.set_xscale("symlog", linthresh=positive[0], linscale=0.3)
+    else:
+        ax.set_xscale("log")
+    if positive[-1] / positive[0] < 100:
+        ticks = positive[::max(1, len(positive) // 6)]
+        labels = [f"{x:,}" for x in ticks]
+    elif has_zero:
+        powers = range(math.ceil(math.log10(positive[0])), math.floor(math.log10(positive[-1])) + 1)
+        ticks, labels = [10 ** k for k in powers], [f"$10^{{{k}}}$" for k in powers]
+    else:
+        return
+    ax.set_xticks(([0] if has_zero else []) + ticks, (["0"] if has_zero else []) + labels)
+    ax.minorticks_off()
 
 
 def plot(records: list[dict], out: Path, metric: str = "CIDEr", final_only: bool = False) -> dict[str, Path]:
@@ -49,11 +71,7 @@ def plot(records: list[dict], out: Path, metric: str = "CIDEr", final_only: bool
             else:
                 grid = np.geomspace(min(x for x in xs if x > 0), max(xs), 100)
                 ax.plot(grid, fit(grid), linestyle="--", color=line.get_color(), label=f"  fit: {fit.label()}")
-        positive = [x for x in xs_all if x > 0]
-        if min(xs_all) > 0:
-            ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=min(positive, default=1))
+        set_samples_axis(ax, xs_all)
         ax.set_xlabel("samples seen (D)")
         ax.set_ylabel(f"{metric} (x100)")
         ax.set_title(benchmark)
