@@ -43,7 +43,8 @@ def set_samples_axis(ax, samples: list[int]) -> None:
         ticks, labels = [10 ** k for k in powers], [f"$10^{{{k}}}$" for k in powers]
     else:
         return
-    ax.set_xticks(([0] if has_zero else []) + ticks, (["0"] if has_zero else []) + labels)
+    ax.set_xticks(([0] if has_zero else []) + ticks, (["0"] if has_zero else []) + labels,
+                  rotation=30 if len(ticks) > 4 else 0)
     ax.minorticks_off()
 
 

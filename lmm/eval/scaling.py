@@ -39,7 +39,8 @@ class PowerLawFit:
         return self.a - self.b * np.asarray(samples, dtype=float) ** (-self.c)
 
     def label(self) -> str:
-        return f"{self.a:.3g} − {self.b:.3g}·D^−{self.c:.3g}"
+        sign = "−" if self.b >= 0 else "+"
+        return f"{self.a:.3g} {sign} {abs(self.b):.3g}·D^−{self.c:.3g}"
 
 
 def scaling_points(records: list[dict], metric: str = "CIDEr", final_only: bool = False) -> list[Point]:
