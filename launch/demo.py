@@ -1,8 +1,9 @@
 """The embedded-default main job (``make demo``): toy world -> train -> eval every checkpoint -> scaling plot.
 
 For each caption source: 2 ranks under torchrun (CPU, gloo, DeepSpeed ZeRO-2) train the tiny model from
-``configs/demo.yaml``, saving checkpoints from step 0; every checkpoint is then evaluated (CIDEr-D on the held-out
-split, generation split over 2 ranks) into one results file, and the scaling plot is drawn from it.
+``configs/demo.yaml``, saving checkpoints from step 0. Then one eval job (``launch.evaluate`` on 2 ranks) scores every
+checkpoint of every run on the held-out split into one results file, and ``launch.plot`` draws the scaling plot
+(PNG, SVG, CSV and markdown tables, power-law fits) from it.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from lmm.eval.results import read_results
 
 
 def print_table(records: list[dict]) -> None:
-    print(f"\n{'run':<24} {'step':>5} {'samples seen':>13} {'CIDEr':>8}")
+    print(f"\n{'run':<24} {'step':>5} {'samples seen':>13} {'CIDEr':>8} {'BLEU-4':>8} {'ROUGE-L':>8}  (x100)")
     for r in sorted(records, key=lambda r: (r["run_name"], r["step"])):
-        print(f"{r['run_name']:<24} {r['step']:>5} {r['samples_seen']:>13} {100 * r['metrics']['CIDEr']:>8.2f}")
+        m = r["metrics"]
+        print(f"{r['run_name']:<24} {r['step']:>5} {r['samples_seen']:>13} {100 * m['CIDEr']:>8.2f} "
+              f"{100 * m['Bleu_4']:>8.2f} {100 * m['ROUGE_L']:>8.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,18 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     world = args.out / "world"
     generate_demo_world(world, DemoWorldSpec())
     results = args.out / "results.jsonl"
-    for source in args.sources.split(","):
-        run_dir = args.out / "runs" / source
+    run_dirs = [args.out / "runs" / source for source in args.sources.split(",")]
+    for source, run_dir in zip(args.sources.split(","), run_dirs):
         torchrun(args.nproc, "launch.pretrain", [
             "--config", args.config, f"data.caption_source={source}", f"run_name=demo-{source}",
             f"output_dir={run_dir}", f"data.train_manifest={world / 'train' / 'manifest.json'}",
             f"eval.dataset_json={world / 'eval' / 'dataset_coco.json'}", f"eval.image_root={world / 'eval'}",
             *args.overrides])
-        torchrun(args.nproc, "launch.evaluate", [str(run_dir), "--results", str(results)])
+    torchrun(args.nproc, "launch.evaluate", ["--checkpoint", *map(str, run_dirs), "--results", str(results)])
     records = read_results(results)
-    png = plot(records, args.out / "scaling.png")
+    written = plot(records, args.out / "scaling")
     print_table(records)
-    print(f"\nresults:     {results}\nplot:        {png}\ntensorboard: tensorboard --logdir {args.out / 'runs'}"
+    print(f"\nresults:     {results}\nplot:        {written['png']} (+ .svg, table {written['md']})"
+          f"\ntensorboard: tensorboard --logdir {args.out / 'runs'}  (custom scalars: one chart per benchmark)"
           f"\ntotal time:  {time.time() - start:.0f} s")
     return 0
 

@@ -106,20 +106,36 @@ class TrainConfig:
     collective_timeout_s: int = 900  # a collective waiting longer (a dead or hung rank) fails the run
 
 
+# Emu's published zero-shot COCO captioning prompt (the text after the image block)
+EMU_CAPTION_PROMPT = ("please provide an accurate and concise description of the given image. [ASSISTANT]: "
+                      "the image depicts a photo of")
+
+
+@dataclass
+class BenchmarkFiles:
+    """Where one standard benchmark lives (see lmm/eval/benchmarks.py for the formats)."""
+    annotations: str = ""  # dataset_coco.json / nocaps_val_4500_captions.json / dataset_flickr30k.json
+    image_root: str = ""
+
+
 @dataclass
 class EvalConfig:
-    """Zero-shot captioning protocol; stored with every result."""
-    dataset_json: str = ""  # Karpathy-format dataset_coco.json
+    """Zero-shot captioning protocol (defaults: Emu's COCO settings); stored with every result."""
+    dataset_json: str = ""  # the run's own eval set, Karpathy format (dataset_coco.json)
     image_root: str = ""
     split: str = "test"
-    benchmark: str = "coco_karpathy_test"
-    prompt: str = ""
+    benchmark: str = "coco_karpathy_test"  # result name of that eval set
+    benchmarks: dict[str, BenchmarkFiles] = field(default_factory=dict)  # coco / nocaps / flickr30k files
+    prompt: str = EMU_CAPTION_PROMPT
     num_beams: int = 5
     max_new_tokens: int = 20
     min_new_tokens: int = 8
     length_penalty: float = -1.0
     batch_size: int = 16
     max_images: Optional[int] = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    tokenizer: Literal["auto", "java", "python"] = "auto"  # PTB tokenizer; auto: Stanford's when java exists
+    meteor: bool = True  # METEOR when java is present (its JVM takes ~10 s to start, once per job)
 
 
 @dataclass

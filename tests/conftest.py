@@ -65,3 +65,16 @@ def seeded():
     import torch
     random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def zero3_run(demo_world, tmp_path_factory) -> Path:
+    """One tiny 2-rank ZeRO-3 run per session (torchrun): complete checkpoints at steps 0, 1 and 2."""
+    from launch.local import torchrun
+
+    run_dir = tmp_path_factory.mktemp("zero3") / "run"
+    torchrun(2, "launch.pretrain", ["--config", str(REPO_ROOT / "configs/demo.yaml"),
+                                    *tiny_overrides(demo_world, run_dir, "run_name=tiny-zero3", "train.zero_stage=3",
+                                                    "data.num_samples=32", "train.checkpoint_every=1")],
+             capture=True, timeout=900)
+    return run_dir

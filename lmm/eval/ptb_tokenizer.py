@@ -4,10 +4,11 @@ pycocoevalcap joins all captions with newlines (a newline inside a caption becom
 CoreNLP 3.4.1's ``PTBTokenizer -preserveLines -lowerCase`` over the text, zips the output lines back to the
 image ids and drops punctuation tokens. ``backend="java"`` runs that jar (shipped inside pycocoevalcap).
 
-``backend="python"`` needs no JVM. The lexer is a JFlex scanner (about 4,000 DFA states, longest match with
-rule priority, trailing contexts), which hand-written regexes cannot reproduce exactly. This module therefore
-re-implements, in Python: the scanner loop, the rule actions, the trailing-context search, and Java's output
-and lower-casing. The DFA tables are parsed in Python from ``PTBLexer.class`` inside the same jar.
+``backend="python"`` needs no JVM (``auto`` uses it when there is no ``java``). The lexer is a JFlex scanner
+(about 4,000 DFA states, longest match with rule priority, trailing contexts), which hand-written regexes cannot
+reproduce exactly. This module therefore re-implements, in Python: the scanner loop, the rule actions, the
+trailing-context search, and Java's output and lower-casing. The DFA tables are parsed in Python from
+``PTBLexer.class`` inside the same jar.
 
 Quirks kept on purpose: brackets survive as ``-lrb-``/``-lsb-``... (the punctuation list is upper case, the
 tokens are lowered). A ``\r``, ``\v``, ``\f``, U+2028 or U+2029 inside a caption starts a new output line,
@@ -30,7 +31,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["PUNCTUATIONS", "tokenize_captions"]
+__all__ = ["PUNCTUATIONS", "resolve_backend", "tokenize_captions"]
 
 PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
                           ".", "?", "!", ",", ":", "-", "--", "...", ";"])
@@ -47,14 +48,21 @@ def tokenize_captions(captions: dict[Hashable, list[str]], backend: str = "auto"
     """``PTBTokenizer().tokenize`` of pycocoevalcap on ``{key: [caption, ...]}`` (plain strings).
 
     Returns ``{key: [tokenized caption, ...]}``: lower-cased tokens joined by single spaces, punctuation
-    tokens removed. ``backend`` is ``"python"``, ``"java"`` or ``"auto"`` (python).
+    tokens removed. ``backend`` is ``"python"``, ``"java"`` or ``"auto"`` (see ``resolve_backend``).
     """
-    runners = {"auto": _run_python, "python": _run_python, "java": _run_java}
-    if backend not in runners:
-        raise ValueError(f"unknown tokenizer backend {backend!r}; expected one of {sorted(runners)}")
+    runners = {"python": _run_python, "java": _run_java}
     image_ids = [key for key, caps in captions.items() for _ in range(len(caps))]
     text = "\n".join(cap.replace("\n", " ") for caps in captions.values() for cap in caps)
-    return _collect(image_ids, runners[backend](text))
+    return _collect(image_ids, runners[resolve_backend(backend)](text))
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``auto`` is pycocoevalcap's own Stanford tokenizer when Java is present, else the Python port."""
+    if backend not in ("auto", "python", "java"):
+        raise ValueError(f"unknown tokenizer backend {backend!r}; expected one of ['auto', 'java', 'python']")
+    if backend == "auto":
+        return "java" if shutil.which("java") else "python"
+    return backend
 
 
 def _collect(image_ids: list[Hashable], output: str) -> dict[Hashable, list[str]]:

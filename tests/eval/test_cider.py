@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from lmm.eval.cider import cider_d, score_captions
+from lmm.eval.cider import cider_d
 from lmm.eval.ptb_tokenizer import tokenize_captions
+from lmm.eval.scoring import score_captions
 
 
 def assert_matches_pycocoevalcap(gts, res, sigma=6.0):
@@ -151,10 +152,10 @@ RAW_PREDICTIONS = {101: "a man riding a wave on a surfboard", 102: "two dogs pla
 
 
 def test_score_captions_tokenizes_then_scores():
-    result = score_captions(RAW_REFERENCES, RAW_PREDICTIONS, tokenizer_backend="python")
+    result = score_captions(RAW_REFERENCES, RAW_PREDICTIONS, tokenizer="python", with_meteor=False)
     gts = tokenize_captions(RAW_REFERENCES, "python")
     res = tokenize_captions({k: [v] for k, v in RAW_PREDICTIONS.items()}, "python")
-    assert result == {"CIDEr": cider_d(gts, res)[0], "num_images": 3}
+    assert result["CIDEr"] == cider_d(gts, res)[0] and result["num_images"] == 3
     assert gts[101][1] == "a surfer rides a big wave" and result["CIDEr"] > 0
 
 
