@@ -1,7 +1,7 @@
 """Consolidated export of a training checkpoint, loadable without DeepSpeed.
 
 A DeepSpeed checkpoint of any ZeRO stage and world size is consolidated with DeepSpeed's own ``zero_to_fp32``
-(through ``lmm.eval.captioning.load_checkpoint_model``) and written as::
+(through ``lmm.eval.loading.load_eval_model``) and written as::
 
     <out>/lmm_export.json   written last: format, checkpoint identity (step, samples seen, caption source, ...),
                             the run's full config, and the layout below
@@ -42,9 +42,11 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the consolidated parts of one complete checkpoint to ``out_dir``; returns the marker file."""
-    from lmm.eval.captioning import load_checkpoint_model
+    from lmm.eval.loading import load_eval_model, saved_run_config
 
-    model, config, meta = load_checkpoint_model(checkpoint_dir)
+    loaded = load_eval_model(checkpoint_dir)
+    model, meta = loaded.model, loaded.meta
+    config = config_from_dict(saved_run_config(checkpoint_dir))
     out = Path(out_dir)
     (out / EXPORT_MARKER).unlink(missing_ok=True)  # an interrupted re-export must not look complete
     model.llm.save_pretrained(out / "llm", safe_serialization=True)

@@ -11,22 +11,18 @@ import torch
 from safetensors import safe_open
 from transformers import LlamaForCausalLM
 
-from conftest import REPO_ROOT, tiny_overrides
+from conftest import REPO_ROOT, consolidated_weights as consolidated, tiny_overrides
 from launch.export import main as export_main
 from launch.local import torchrun
-from lmm.eval.captioning import load_checkpoint_model
+from lmm.config import config_from_dict
+from lmm.eval.loading import load_eval_model, saved_run_config
 from lmm.export import EXPORT_MARKER, load_exported, read_export
 from lmm.sequence import SequenceLayout
 from lmm.training.checkpoint import complete_checkpoints
 
 
-def consolidated(checkpoint):
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-
-
 @pytest.fixture(scope="module")
-def zero3_run(demo_world, tmp_path_factory):
+def paper_policy_zero3_run(demo_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3") / "run"
     result = torchrun(2, "launch.pretrain", [
         "--config", str(REPO_ROOT / "configs/demo.yaml"),
@@ -37,8 +33,8 @@ def zero3_run(demo_world, tmp_path_factory):
     return out, result.stdout
 
 
-def test_zero3_updates_only_the_trainable_parts(zero3_run):
-    out, stdout = zero3_run
+def test_zero3_updates_only_the_trainable_parts(paper_policy_zero3_run):
+    out, stdout = paper_policy_zero3_run
     first, last = complete_checkpoints(out)[0], complete_checkpoints(out)[-1]
     assert (first.name, last.name) == ("global_step0", "global_step4")
     before, after = consolidated(first), consolidated(last)
@@ -61,8 +57,8 @@ def test_zero3_updates_only_the_trainable_parts(zero3_run):
     assert counts["vision/trainable"] == counts["llm/trainable"] == 0 and counts["total/frozen"] > 0
 
 
-def test_export_loads_with_transformers_and_reproduces_outputs(zero3_run, tmp_path):
-    out, _ = zero3_run
+def test_export_loads_with_transformers_and_reproduces_outputs(paper_policy_zero3_run, tmp_path):
+    out, _ = paper_policy_zero3_run
     export_dir = tmp_path / "export"
     assert export_main([str(out), str(export_dir)]) == 0  # the run's newest complete checkpoint
     marker = read_export(export_dir)
@@ -76,7 +72,8 @@ def test_export_loads_with_transformers_and_reproduces_outputs(zero3_run, tmp_pa
         with safe_open(str(export_dir / part / "model.safetensors"), framework="pt") as handle:
             assert len(list(handle.keys())) > 0
 
-    reference, config, _ = load_checkpoint_model(complete_checkpoints(out)[-1])
+    reference = load_eval_model(complete_checkpoints(out)[-1]).model
+    config = config_from_dict(saved_run_config(complete_checkpoints(out)[-1]))
     exported, exported_tokenizer = load_exported(export_dir)
     layout = SequenceLayout(exported_tokenizer, config.model.bridge.num_queries, config.data.max_caption_tokens)
     batch = layout.collate([layout.training_example(c) for c in ["a red star in paris", "two blue hearts"]])
