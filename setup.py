@@ -35,5 +35,6 @@ setup(
         "lmm-evaluate=launch.evaluate:main",
         "lmm-plot=launch.plot:main",
         "lmm-demo=launch.demo:main",
+        "lmm-prepare=data_pipeline.prepare:main",
     ]},
 )

@@ -62,6 +62,8 @@ def load_manifest(path: str | Path) -> list[ShardEntry]:
 def write_manifest(path: str | Path, entries: list[dict], **extra) -> dict:
     """Write ``{"shards": entries, "num_samples": total, **extra}`` atomically; returns it."""
     path = Path(path)
+    order = ("path", "num_samples", "bytes", "sha256")
+    entries = [{**{k: e[k] for k in order if k in e}, **e} for e in entries]
     manifest = {"shards": entries, "num_samples": sum(e["num_samples"] for e in entries), **extra}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
