@@ -113,8 +113,8 @@ def run_webdataset(manifest: Path, tokenizer, workers: int, batch: int, buffer: 
     layout = SequenceLayout(tokenizer, 32, 64)
     transform = eva_transform()
 
-    def caption_ids(data: bytes):
-        return torch.tensor(layout.training_example(json.loads(data)["capsfusion"])[0])
+    def caption_ids(fields: dict):  # decode() already parsed the json
+        return torch.tensor(layout.training_example(fields["capsfusion"])[0])
 
     pipeline = wds.DataPipeline(
         wds.SimpleShardList([s.url for s in load_manifest(manifest)]),

@@ -12,6 +12,11 @@ batch, the trainer keeps the newest per worker (``data_pipeline.progress``) and 
 A resumed worker plans the same epoch, opens the window's shard at its offset (tar headers only), re-reads that
 one window's raw bytes and drops the ``emitted`` samples it already served, undecoded.
 
+**Pixels.** The tower's open_clip transform is split at its ToTensor: workers run the PIL part (resize, crop)
+and ship uint8 images (4x less inter-process traffic than floats); ``TrainLoader`` moves each batch to the
+training device and applies ToTensor + Normalize there, batched, with the same float32 operations (bit-identical
+to the per-sample transform; on a GPU this costs the CPU nothing). Other transforms run whole in the workers.
+
 **Bad data** (``data_pipeline.shard_format.SKIP_REASONS``) is skipped and counted in the position, so the counts
 reach the trainer with the batches. A worker that reads a whole epoch share without one usable sample stops the
 run with a clear error instead of hanging.
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms as T
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.manifest import EpochPlan, Piece, ShardEntry
@@ -48,6 +54,34 @@ def window_order(seed: int, epoch: int, slot: int, window: int, size: int) -> np
     return np.random.default_rng([seed, epoch, slot, window]).permutation(size)
 
 
+class PixelNormalize:
+    """The tail of an open_clip transform (ToTensor, Normalize) applied to a uint8 [B, H, W, C] batch."""
+
+    def __init__(self, mean, std):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255)  # as ToTensor
+        return pixels.sub_(self.mean.to(pixels.device)).div_(self.std.to(pixels.device))  # as Normalize
+
+
+def split_transform(transform: Callable) -> tuple[Callable, PixelNormalize | None]:
+    """(per-image PIL stage, batched tensor stage) of a ``Compose([... PIL ops, ToTensor, Normalize])``;
+    (transform, None) when it has another form."""
+    steps = getattr(transform, "transforms", None)
+    if (not steps or len(steps) < 2 or not isinstance(steps[-2], T.ToTensor)
+            or not isinstance(steps[-1], T.Normalize) or steps[-1].inplace):
+        return transform, None
+    return T.Compose(steps[:-2]), PixelNormalize(steps[-1].mean, steps[-1].std)
+
+
+def _uint8_image(pil_stage: Callable) -> Callable:
+    def apply(image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(pil_stage(image), dtype=np.uint8))
+    return apply
+
+
 class CaptionStream(IterableDataset):
     """An endless, seeded stream of tokenized (image, caption) training examples for one rank.
 
@@ -59,7 +93,9 @@ class CaptionStream(IterableDataset):
                  rank: int, world_size: int, micro_batch_size: int, seed: int = 0, shuffle_buffer: int = 1000,
                  positions: list[dict] | None = None, consumed_batches: int = 0):
         super().__init__()
-        self.pieces, self.select, self.transform, self.layout = pieces, select, transform, layout
+        self.pieces, self.select, self.layout = pieces, select, layout
+        pil_stage, self.normalize = split_transform(transform)
+        self.transform = _uint8_image(pil_stage) if self.normalize else transform
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
         self.seed, self.shuffle_buffer = seed, max(1, shuffle_buffer)
         self.positions, self.consumed_batches = positions, consumed_batches
@@ -162,10 +198,27 @@ class Collator:
         return batch
 
 
-def build_train_loader(stream: CaptionStream, num_workers: int) -> DataLoader:
-    return DataLoader(stream, batch_size=stream.micro_batch_size, num_workers=num_workers,
-                      collate_fn=Collator(stream.layout), persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None)
+class TrainLoader:
+    """The DataLoader's batches on ``device``, with the pixel normalisation the workers left out applied there."""
+
+    def __init__(self, loader: DataLoader, normalize: PixelNormalize | None, device: torch.device | str = "cpu"):
+        self.loader, self.normalize, self.device = loader, normalize, torch.device(device)
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            for name, value in batch.items():
+                if isinstance(value, torch.Tensor):
+                    batch[name] = value.to(self.device, non_blocking=True)
+            if self.normalize is not None:
+                batch["pixels"] = self.normalize(batch["pixels"])
+            yield batch
+
+
+def build_train_loader(stream: CaptionStream, num_workers: int, device: torch.device | str = "cpu") -> TrainLoader:
+    loader = DataLoader(stream, batch_size=stream.micro_batch_size, num_workers=num_workers,
+                        collate_fn=Collator(stream.layout), persistent_workers=num_workers > 0,
+                        prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.device(device).type == "cuda")
+    return TrainLoader(loader, stream.normalize, device)
 
 
 def caption_corpus(shards: list[ShardEntry], max_samples: int = 200_000) -> Iterator[str]:

@@ -145,6 +145,6 @@ def train(config: ExperimentConfig) -> list[dict]:
     trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"],
                       LoaderProgress(d.num_workers, positions, d.max_skip_fraction))
     try:
-        return trainer.fit(iter(build_train_loader(stream, config.data.num_workers)))
+        return trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device)))
     finally:
         logger.close()

@@ -12,9 +12,17 @@ from PIL import Image
 from data_pipeline.manifest import write_manifest
 
 
+COLOURS = ("red", "orange", "teal", "navy", "pink")
+
+
 def jpeg(colour="red", size=16) -> bytes:
+    """A JPEG with a colour gradient (so resizing and cropping change its pixels)."""
+    image = Image.new("RGB", (size, size), colour)
+    for x in range(size):
+        for y in range(0, size, 3):
+            image.putpixel((x, y), (x * 255 // size, y * 255 // size, 128))
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buf, format="JPEG")
+    image.save(buf, format="JPEG")
     return buf.getvalue()
 
 
@@ -26,13 +34,13 @@ def captions(key: str) -> dict:
 def write_shards(folder: Path, sizes: list[int], prefix="s") -> Path:
     """Shards of ``sizes`` samples (keys ``<prefix><shard>_<i>``) and their manifest; returns the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    image, entries = jpeg(), []
+    images, entries = [jpeg(colour, 20) for colour in COLOURS], []
     for shard, size in enumerate(sizes):
         path = folder / f"{prefix}{shard:03d}.tar"
         with wds.TarWriter(str(path), encoder=False) as sink:
             for i in range(size):
                 key = f"{prefix}{shard:03d}_{i:04d}"
-                sink.write({"__key__": key, "jpg": image, "json": json.dumps(captions(key)).encode()})
+                sink.write({"__key__": key, "jpg": images[i % len(images)], "json": json.dumps(captions(key)).encode()})
         entries.append({"path": path.name, "num_samples": size, "bytes": path.stat().st_size})
     write_manifest(folder / "manifest.json", entries)
     return folder / "manifest.json"

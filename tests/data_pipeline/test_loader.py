@@ -4,6 +4,7 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
@@ -36,6 +37,25 @@ def test_batches_are_padded_and_masked(demo_world, tokenizer):
     padded = batch["attention_mask"] == 0
     assert (batch["labels"][padded] == -100).all()
     assert batch["data_position"]["worker"] == 0 and batch["data_position"]["position"]["seen"] == 4
+
+
+def test_pixels_match_the_towers_transform_bit_for_bit(tmp_path, tokenizer):
+    """Workers ship uint8 after open_clip's PIL steps; ToTensor + Normalize run batched on the training device."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    import io
+    import webdataset as wds
+    from PIL import Image
+
+    transform = image_transform_v2(PreprocessCfg(size=14, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7),
+                                                 interpolation="bicubic", resize_mode="shortest"), is_train=False)
+    manifest = write_shards(tmp_path, [10])
+    stream = CaptionStream(subset(load_manifest(manifest), 10), CaptionSelector("raw"), transform,
+                           SequenceLayout(tokenizer, 4, 16), 0, 1, micro_batch_size=5, shuffle_buffer=4)
+    assert stream.normalize is not None
+    batch = next(iter(build_train_loader(stream, 1)))
+    images = {s["__key__"]: s["jpg"] for s in wds.WebDataset(str(tmp_path / "s000.tar"), shardshuffle=False)}
+    expected = torch.stack([transform(Image.open(io.BytesIO(images[k])).convert("RGB")) for k in batch["keys"]])
+    assert batch["pixels"].dtype == torch.float32 and torch.equal(batch["pixels"], expected)
 
 
 def test_ranks_read_disjoint_samples_and_cover_the_epoch(demo_world, tokenizer):
