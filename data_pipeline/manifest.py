@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 MANIFEST_FILE = "manifest.json"
 
 
-@dataclass(frozen=True)
-class ShardEntry:
+class ShardEntry(NamedTuple):
     url: str  # resolved: local path, URL or ``pipe:`` command
     num_samples: int
     bytes: int | None = None
     sha256: str | None = None
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """Samples ``[start, stop)`` of one shard (sample = one key's group of tar members)."""
     url: str
     start: int

@@ -286,18 +286,17 @@ def prepare_table(inputs: list[Path], out: Path, columns: dict[str, str], image_
     stems = [_stem(p) for p in inputs]
     if len(set(stems)) != len(stems):
         raise SystemExit(f"input files must have distinct names (they name the shards): {stems}")
-    jobs, stats = [], Counter()
+    jobs, rows, images, failures = [], 0, 0, Counter()
     caption_fields = [f for f in columns if f != "url"]
     for path, stem in zip(inputs, stems):
         groups, file_stats = plan_table_file(path, columns, image_column, image_root, group)
-        stats.update(file_stats.pop("failures"))
-        stats.update({f"_{k}": v for k, v in file_stats.items()})
+        rows, images = rows + file_stats["rows"], images + file_stats["unique_images"]
+        failures.update(file_stats["failures"])
         jobs += [{"path": str(out / f"{stem}-{k:06d}.tar"), "samples": chunk, "caption_fields": caption_fields}
                  for k, chunk in enumerate(_chunks(groups, samples_per_shard))]
     records = _run_jobs(jobs, workers)
-    failures = {k: v for k, v in stats.items() if not k.startswith("_")}
-    return _finish(out, records, {"input": "table", "rows": stats["_rows"], "unique_images": stats["_unique_images"],
-                                  "failures": failures}, caption_fields)
+    return _finish(out, records, {"input": "table", "rows": rows, "unique_images": images, "failures": failures},
+                   caption_fields)
 
 
 def prepare_img2dataset(folder: Path, out: Path, columns: dict[str, str], samples_per_shard: int = 10_000,
