@@ -66,6 +66,21 @@ class PixelNormalize:
         return pixels.sub_(self.mean.to(pixels.device)).div_(self.std.to(pixels.device))  # as Normalize
 
 
+class _SkipIfNoop:
+    """A PIL step that is skipped when it would copy the image unchanged (crop to its own size, convert to its
+    own mode): same pixels, one copy less."""
+
+    def __init__(self, step: Callable):
+        self.step = step
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if isinstance(self.step, T.CenterCrop) and image.size == tuple(reversed(self.step.size)):
+            return image
+        if getattr(self.step, "mode", None) == getattr(image, "mode", "") and hasattr(self.step, "mode"):
+            return image  # open_clip's MaybeConvertMode
+        return self.step(image)
+
+
 def split_transform(transform: Callable) -> tuple[Callable, PixelNormalize | None]:
     """(per-image PIL stage, batched tensor stage) of a ``Compose([... PIL ops, ToTensor, Normalize])``;
     (transform, None) when it has another form."""
@@ -73,7 +88,7 @@ def split_transform(transform: Callable) -> tuple[Callable, PixelNormalize | Non
     if (not steps or len(steps) < 2 or not isinstance(steps[-2], T.ToTensor)
             or not isinstance(steps[-1], T.Normalize) or steps[-1].inplace):
         return transform, None
-    return T.Compose(steps[:-2]), PixelNormalize(steps[-1].mean, steps[-1].std)
+    return T.Compose([_SkipIfNoop(step) for step in steps[:-2]]), PixelNormalize(steps[-1].mean, steps[-1].std)
 
 
 def _uint8_image(pil_stage: Callable) -> Callable:
@@ -157,7 +172,8 @@ class CaptionStream(IterableDataset):
             raise BadSample(reason)
         _, data = image_member(raw)
         try:
-            pixels = self.transform(Image.open(io.BytesIO(data)).convert("RGB"))
+            image = Image.open(io.BytesIO(data))
+            pixels = self.transform(image if image.mode == "RGB" else image.convert("RGB"))
         except Exception:  # PIL raises many types on corrupt data
             raise BadSample("bad_image") from None
         input_ids, labels = self.layout.training_example(caption)
