@@ -59,7 +59,8 @@ def generate_shards(folder: Path, samples: int, per_shard: int, size: int, worke
             for k, s in enumerate(range(0, samples, per_shard))]
     with mp.get_context("fork").Pool(workers) as pool:
         entries = pool.map(_write_shard, jobs)
-    return Path(write_manifest(folder / "manifest.json", entries) and folder / "manifest.json")
+    write_manifest(folder / "manifest.json", entries)
+    return folder / "manifest.json"
 
 
 # ------------------------------------------------------------------------------------------ pipelines
@@ -84,19 +85,19 @@ def _bare_worker(urls: list[str]) -> int:
     return count
 
 
-def run_bare(urls: list[str], workers: int) -> int:
+def run_bare(shards: list, workers: int) -> int:
+    urls = [s.url for s in shards]
     with mp.get_context("fork").Pool(workers) as pool:
         return sum(pool.map(_bare_worker, [urls[w::workers] for w in range(workers)]))
 
 
-def run_ours(manifest: Path, tokenizer, workers: int, batch: int, buffer: int, normalize_on_cpu: bool) -> int:
+def run_ours(shards: list, tokenizer, workers: int, batch: int, buffer: int, normalize_on_cpu: bool) -> int:
     """Batches as the trainer gets them; ``normalize_on_cpu=False`` stops before the ToTensor + Normalize that
     ``TrainLoader`` runs on the training device (a GPU in a real run)."""
     from data_pipeline.captions import CaptionSelector
     from data_pipeline.loader import CaptionStream, build_train_loader
-    from data_pipeline.manifest import load_manifest, subset
+    from data_pipeline.manifest import subset
     from lmm.sequence import SequenceLayout
-    shards = load_manifest(manifest)
     total = sum(s.num_samples for s in shards)
     stream = CaptionStream(subset(shards, total), CaptionSelector("capsfusion"), eva_transform(),
                            SequenceLayout(tokenizer, 32, 64), 0, 1, batch, shuffle_buffer=buffer)
@@ -109,11 +110,10 @@ def run_ours(manifest: Path, tokenizer, workers: int, batch: int, buffer: int, n
     return seen
 
 
-def run_webdataset(manifest: Path, tokenizer, workers: int, batch: int, buffer: int) -> int:
+def run_webdataset(shards: list, tokenizer, workers: int, batch: int, buffer: int) -> int:
     """open_clip's ``get_wds_dataset`` (non-resampled branch), with our transform and tokenizer."""
     import torch
     import webdataset as wds
-    from data_pipeline.manifest import load_manifest
     from lmm.sequence import SequenceLayout
     layout = SequenceLayout(tokenizer, 32, 64)
     transform = eva_transform()
@@ -122,7 +122,7 @@ def run_webdataset(manifest: Path, tokenizer, workers: int, batch: int, buffer: 
         return torch.tensor(layout.training_example(fields["capsfusion"])[0])
 
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList([s.url for s in load_manifest(manifest)]),
+        wds.SimpleShardList([s.url for s in shards]),
         wds.detshuffle(bufsize=2000, initial=500, seed=0, epoch=0),
         wds.split_by_node, wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers / processes for every pipeline")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--shuffle-buffer", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds over slices of the shards")
     parser.add_argument("--cpu-normalize", action="store_true",
                         help="also time (a') ours with ToTensor + Normalize on this CPU (a CPU-only training run)")
     parser.add_argument("--dir", type=Path, help="reuse / keep shards here (default: a temporary folder)")
@@ -202,19 +203,26 @@ def main(argv: list[str] | None = None) -> None:
               f"({time.perf_counter() - start:.1f} s)")
         tokenizer = CaptionTokenizer(train_tokenizer(caption_corpus(load_manifest(manifest), 2000),
                                                      folder / "bench_sp.model", 200))
-        urls = [s.url for s in load_manifest(manifest)]
-        results = {
-            "(b) bare tar+decode+resize": timed(run_bare, urls, max(1, args.workers)),
-            "(a) ours, uint8 to the device": timed(run_ours, manifest, tokenizer, args.workers, args.batch,
-                                                   args.shuffle_buffer, False),
-            "(c) webdataset open_clip-style": timed(run_webdataset, manifest, tokenizer, args.workers, args.batch,
-                                                    args.shuffle_buffer),
-        }
+        shards = load_manifest(manifest)
+        pipelines = {"(b) bare tar+decode+resize": (run_bare, args.workers),
+                     "(a) ours, uint8 to the device": (run_ours, tokenizer, args.workers, args.batch,
+                                                       args.shuffle_buffer, False),
+                     "(c) webdataset open_clip-style": (run_webdataset, tokenizer, args.workers, args.batch,
+                                                        args.shuffle_buffer)}
         if args.cpu_normalize:
-            results[CPU_NORMALISED] = timed(run_ours, manifest, tokenizer, args.workers,
-                                                                args.batch, args.shuffle_buffer, True)
+            pipelines[CPU_NORMALISED] = (run_ours, tokenizer, args.workers, args.batch, args.shuffle_buffer, True)
+        # Interleaved rounds: every pipeline reads each slice of the shards in turn, so load from other
+        # processes on the machine falls on all of them alike; figures are totals over the rounds.
+        results = {name: (0, 0.0) for name in pipelines}
+        for round_ in range(args.rounds):
+            part = shards[round_::args.rounds]
+            for name, (fn, *rest) in pipelines.items():
+                count, seconds = timed(fn, part, *rest)
+                results[name] = (results[name][0] + count, results[name][1] + seconds)
+                print(f"  round {round_ + 1}/{args.rounds} {name:32s} {count / seconds:7.0f} samples/s", flush=True)
     rates = {name: count / seconds for name, (count, seconds) in results.items()}
-    print(f"\nthroughput, {args.workers} workers, batch {args.batch}, shuffle buffer {args.shuffle_buffer}:")
+    print(f"\nthroughput over all rounds, {args.workers} workers, batch {args.batch}, "
+          f"shuffle buffer {args.shuffle_buffer}:")
     for name, (count, seconds) in results.items():
         print(f"  {name:32s} {count:7d} samples {seconds:7.1f} s {rates[name]:8.0f} samples/s")
     a, b, c = (rates[k] for k in ("(a) ours, uint8 to the device", "(b) bare tar+decode+resize",

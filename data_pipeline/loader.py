@@ -24,6 +24,7 @@ run with a clear error instead of hanging.
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 from itertools import islice
 from typing import Callable, Iterator
@@ -187,7 +188,8 @@ def _window_start(plan: EpochPlan, slot: int, offset: int) -> dict:
 
 
 def _check_resume_point(position: dict, piece: Piece, worker: int) -> None:
-    if (position["shard"], position["offset"]) != (piece.url, piece.start):
+    """The saved window start must be where the current plan starts it (shards may have moved: names count)."""
+    if (os.path.basename(position["shard"]), position["offset"]) != (os.path.basename(piece.url), piece.start):
         raise ValueError(f"loader worker {worker}: the checkpoint resumes at {position['shard']} sample "
                          f"{position['offset']}, but the current manifest / data config plans {piece.url} sample "
                          f"{piece.start}: resume with the manifest, data.num_samples, data.seed, "

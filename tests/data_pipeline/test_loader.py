@@ -158,3 +158,18 @@ def test_pipe_urls_are_read_through_webdatasets_opener(tmp_path, tokenizer):
 def test_caption_corpus_reads_every_field(demo_world):
     corpus = list(caption_corpus(load_manifest(demo_world / "train" / "manifest.json"), max_samples=10))
     assert len(corpus) == 30 and all(corpus)
+
+
+def test_resume_follows_moved_shards_but_refuses_a_changed_plan(tmp_path, tokenizer):
+    pieces = subset(load_manifest(write_shards(tmp_path / "a", [10, 10])), 20)
+    it = iter(build_train_loader(stream_for(pieces, tokenizer, buffer=6), 0))
+    first, rest = next(it), [next(it)["keys"] for _ in range(3)]
+    position = first["data_position"]["position"]
+    (tmp_path / "a").rename(tmp_path / "b")  # shards copied elsewhere between the runs: same names, same plan
+    moved = subset(load_manifest(tmp_path / "b" / "manifest.json"), 20)
+    resumed = iter(build_train_loader(stream_for(moved, tokenizer, positions=[position], consumed=1, buffer=6), 0))
+    assert [next(resumed)["keys"] for _ in range(3)] == rest
+    changed = stream_for(moved, tokenizer, positions=[dict(position, offset=position["offset"] + 1)], consumed=1,
+                         buffer=6)
+    with pytest.raises(ValueError, match="resume with the manifest"):
+        next(iter(build_train_loader(changed, 0)))
