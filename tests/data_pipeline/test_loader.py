@@ -77,8 +77,8 @@ def test_uneven_shards_give_every_slot_the_same_share(tmp_path, tokenizer):
         it = iter(build_train_loader(stream, 2))
         for _ in range(2):  # one batch per worker = its whole epoch share
             batch = next(it)
-            assert batch["data_position"]["position"]["seen"] == share
-            assert {p["epoch"] for p in [batch["data_position"]["position"]]} == {0}
+            position = batch["data_position"]["position"]
+            assert position["seen"] == share and position["epoch"] == 0
             seen += batch["keys"]
     assert len(seen) == len(set(seen)) == 6 * share  # sum(sizes) % 6 samples are dropped this epoch
 
