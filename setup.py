@@ -38,5 +38,6 @@ setup(
         "lmm-plan=launch.plan:main",
         "lmm-export=launch.export:main",
         "lmm-submit=launch.submit:main",
+        "lmm-prepare=data_pipeline.prepare:main",
     ]},
 )

@@ -2,7 +2,8 @@
 
 A sample's ``json`` holds several caption fields (``raw``, ``synthetic``, ``capsfusion``, others). A run picks
 one field, or ``mixed`` with per-source ratios; the mixed choice is a seeded hash of the sample key, so every
-rank, worker and restart picks the same caption for the same sample.
+rank, worker and restart picks the same caption for the same sample. A field holding a list (several captions
+of one image, e.g. COCO's five) contributes one of them, chosen by a seeded hash of (key, epoch).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _unit_hash(key: str, seed: int) -> float:
 
 
 class CaptionSelector:
-    def __init__(self, source: str, mix: dict[str, float] | None = None, seed: int = 0):
+    def __init__(self, source: str, mix: dict[str, float] | None = None, seed: int = 0,
+                 max_chars: int | None = None):
         if source == "mixed":
             if not mix:
                 raise ValueError("caption_source 'mixed' needs ratios, e.g. {'raw': 0.5, 'synthetic': 0.5}")
@@ -30,7 +32,7 @@ class CaptionSelector:
             self.bounds = [c / total for c in accumulate(mix.values())]
         else:
             self.sources, self.bounds = [source], [1.0]
-        self.seed = seed
+        self.seed, self.max_chars = seed, max_chars
 
     def source_for(self, key: str) -> str:
         if len(self.sources) == 1:
@@ -38,9 +40,21 @@ class CaptionSelector:
         index = bisect_right(self.bounds, _unit_hash(key, self.seed))
         return self.sources[min(index, len(self.sources) - 1)]
 
-    def __call__(self, key: str, fields: dict) -> str | None:
-        """The chosen caption, or None when the sample lacks it (missing, empty or not text)."""
+    def choose(self, key: str, fields: dict, epoch: int = 0) -> tuple[str | None, str | None]:
+        """(caption, None), or (None, skip reason): missing_caption, empty_caption or caption_too_long."""
         caption = fields.get(self.source_for(key))
-        if not isinstance(caption, str) or not caption.strip():
-            return None
-        return caption.strip()
+        if isinstance(caption, list):
+            options = [c for c in caption if isinstance(c, str) and c.strip()]
+            caption = options[int(_unit_hash(f"{key}/{epoch}", self.seed) * len(options))] if options else ""
+        if not isinstance(caption, str):
+            return None, "missing_caption"
+        caption = caption.strip()
+        if not caption:
+            return None, "empty_caption"
+        if self.max_chars is not None and len(caption) > self.max_chars:
+            return None, "caption_too_long"
+        return caption, None
+
+    def __call__(self, key: str, fields: dict) -> str | None:
+        """The chosen caption, or None when the sample lacks a usable one."""
+        return self.choose(key, fields)[0]

@@ -1,157 +1,208 @@
-"""Streaming training data: webdataset tar shards -> (pixels, input_ids, labels, attention_mask) batches.
+"""Streaming training data: tar shards -> (pixels, input_ids, labels, attention_mask) batches, resumable exactly.
 
-Each (rank, dataloader worker) slot reads its own shards: every epoch the shard list is shuffled with a seed
-that all ranks share, then shard ``i`` goes to slot ``i % slots``. Samples are buffer-shuffled as raw bytes
-(seeded per slot and epoch), the caption is selected, and only then are images decoded. The stream repeats
-epochs forever; the trainer decides how many batches to take, so no rank can run dry and hang.
+Every (rank, dataloader worker) slot reads its contiguous share of the epoch's shuffled shard order
+(``data_pipeline.manifest.EpochPlan``: equal sample counts for every slot). The share is read as raw bytes in
+windows of ``shuffle_buffer`` consecutive samples; each window is emitted in a seeded random order (the
+permutation's seed is ``(seed, epoch, slot, window)``), the caption is selected, and only then are images
+decoded. The stream repeats epochs forever; the trainer takes exactly the batches it needs, so no rank runs dry.
 
-Resume: the loader position is the number of batches the trainer consumed. Each worker recomputes how many of
-its samples that covers and skips them before decoding (still reading the tars), so a resumed run sees the same
-samples in the same order as an uninterrupted one, given the same world size and worker count.
+**Position.** Every example carries its worker's position after it: ``(epoch, window, emitted, seen,
+skipped)`` plus the shard and in-shard offset where the window starts. The collator puts the newest one on the
+batch, the trainer keeps the newest per worker (``data_pipeline.progress``) and saves them in each checkpoint.
+A resumed worker plans the same epoch, opens the window's shard at its offset (tar headers only), re-reads that
+one window's raw bytes and drops the ``emitted`` samples it already served, undecoded.
+
+**Pixels.** The tower's open_clip transform is split at its ToTensor: workers run the PIL part (resize, crop)
+and ship uint8 images (4x less inter-process traffic than floats); ``TrainLoader`` moves each batch to the
+training device and applies ToTensor + Normalize there, batched, with the same float32 operations (bit-identical
+to the per-sample transform; on a GPU this costs the CPU nothing). Other transforms run whole in the workers.
+
+**Bad data** (``data_pipeline.shard_format.SKIP_REASONS``) is skipped and counted in the position, so the counts
+reach the trainer with the batches. A worker that reads a whole epoch share without one usable sample stops the
+run with a clear error instead of hanging.
 """
 from __future__ import annotations
 
 import io
-import json
-import random
+import os
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
+from itertools import islice
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms as T
 
 from data_pipeline.captions import CaptionSelector
+from data_pipeline.manifest import EpochPlan, Piece, ShardEntry
+from data_pipeline.shard_format import BadSample, image_member, sample_fields
+from data_pipeline.shard_reader import LOST, read_piece, read_pieces
 from lmm.sequence import SequenceLayout
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+def fresh_position() -> dict:
+    return {"epoch": 0, "window": 0, "emitted": 0, "seen": 0, "skipped": {}, "shard": None, "offset": 0}
 
 
-@dataclass
-class Shard:
-    url: str
-    num_samples: int
+class DataStopped(RuntimeError):
+    """The data is too broken to train on (raised in a worker, re-raised by the DataLoader in the trainer)."""
 
 
-def load_manifest(path: str | Path) -> list[Shard]:
-    """Shards listed in a ``manifest.json``; relative paths are resolved against the manifest's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.train_manifest: no manifest at {path}")
-    entries = json.loads(path.read_text())["shards"]
-    shards = []
-    for entry in entries:
-        url = entry["path"]
-        if not url.startswith("pipe:") and "://" not in url and not Path(url).is_absolute():
-            url = str(path.parent / url)
-        shards.append(Shard(url, int(entry["num_samples"])))
-    if not shards:
-        raise ValueError(f"{path}: manifest lists no shards")
-    return shards
+def window_order(seed: int, epoch: int, slot: int, window: int, size: int) -> np.ndarray:
+    """The emission order of one shuffle window: its RNG state is determined by these four numbers."""
+    return np.random.default_rng([seed, epoch, slot, window]).permutation(size)
 
 
-def batches_seen_by_worker(consumed_batches: int, worker: int, num_workers: int) -> int:
-    """DataLoader takes batches from workers round-robin: how many of the consumed ones came from ``worker``."""
-    return max(0, (consumed_batches - worker + num_workers - 1) // num_workers)
+class PixelNormalize:
+    """The tail of an open_clip transform (ToTensor, Normalize) applied to a uint8 [B, H, W, C] batch."""
+
+    def __init__(self, mean, std):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255)  # as ToTensor
+        return pixels.sub_(self.mean.to(pixels.device)).div_(self.std.to(pixels.device))  # as Normalize
+
+
+class _SkipIfNoop:
+    """A PIL step that is skipped when it would copy the image unchanged (crop to its own size, convert to its
+    own mode): same pixels, one copy less."""
+
+    def __init__(self, step: Callable):
+        self.step = step
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if isinstance(self.step, T.CenterCrop) and image.size == tuple(reversed(self.step.size)):
+            return image
+        if getattr(self.step, "mode", None) == getattr(image, "mode", "") and hasattr(self.step, "mode"):
+            return image  # open_clip's MaybeConvertMode
+        return self.step(image)
+
+
+def split_transform(transform: Callable) -> tuple[Callable, PixelNormalize | None]:
+    """(per-image PIL stage, batched tensor stage) of a ``Compose([... PIL ops, ToTensor, Normalize])``;
+    (transform, None) when it has another form."""
+    steps = getattr(transform, "transforms", None)
+    if (not steps or len(steps) < 2 or not isinstance(steps[-2], T.ToTensor)
+            or not isinstance(steps[-1], T.Normalize) or steps[-1].inplace):
+        return transform, None
+    return T.Compose([_SkipIfNoop(step) for step in steps[:-2]]), PixelNormalize(steps[-1].mean, steps[-1].std)
+
+
+def _uint8_image(pil_stage: Callable) -> Callable:
+    def apply(image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(pil_stage(image), dtype=np.uint8))
+    return apply
 
 
 class CaptionStream(IterableDataset):
-    """An endless, seeded stream of tokenized (image, caption) training examples for one rank."""
+    """An endless, seeded stream of tokenized (image, caption) training examples for one rank.
 
-    def __init__(self, shards: list[Shard], select: CaptionSelector, transform: Callable, layout: SequenceLayout,
+    ``positions``: this rank's saved worker positions (logical worker -> position dict), ``consumed_batches``:
+    batches the trainer took before the resume (it sets which physical worker plays which logical one).
+    """
+
+    def __init__(self, pieces: list[Piece], select: CaptionSelector, transform: Callable, layout: SequenceLayout,
                  rank: int, world_size: int, micro_batch_size: int, seed: int = 0, shuffle_buffer: int = 1000,
-                 consumed_batches: int = 0):
+                 positions: list[dict] | None = None, consumed_batches: int = 0):
         super().__init__()
-        self.shards, self.select, self.transform, self.layout = shards, select, transform, layout
+        self.pieces, self.select, self.layout = pieces, select, layout
+        pil_stage, self.normalize = split_transform(transform)
+        self.transform = _uint8_image(pil_stage) if self.normalize else transform
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
-        self.seed, self.shuffle_buffer, self.consumed_batches = seed, shuffle_buffer, consumed_batches
-        self.skipped = Counter()
+        self.seed, self.shuffle_buffer = seed, max(1, shuffle_buffer)
+        self.positions, self.consumed_batches = positions, consumed_batches
 
-    def _slot(self) -> tuple[int, int, int, int]:
-        """(slot, slots, logical worker, workers). A resumed DataLoader restarts its round-robin at worker 0,
-        so physical worker ``w`` plays the logical worker that owned batch ``consumed + w``."""
+    def _logical_worker(self) -> tuple[int, int]:
+        """(logical worker, workers). A resumed DataLoader restarts its round-robin at physical worker 0, so
+        physical worker ``p`` plays the logical worker that owned batch ``consumed + p``."""
         info = get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        worker = (physical + self.consumed_batches) % num_workers
-        slots = self.world_size * num_workers
-        if len(self.shards) < slots:
-            raise ValueError(f"{len(self.shards)} shards cannot feed {self.world_size} ranks x {num_workers} "
-                             "workers: write more (smaller) shards or use fewer workers")
-        return self.rank * num_workers + worker, slots, worker, num_workers
-
-    def _raw_samples(self, slot: int, slots: int) -> Iterator[dict]:
-        epoch = 0
-        while True:
-            order = list(range(len(self.shards)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            urls = [{"url": self.shards[i].url} for i in order[slot::slots]]
-            buffer_rng = random.Random(f"{self.seed}-{epoch}-{slot}")
-            samples = wds.tarfile_samples(iter(urls), handler=self._count_and_continue)
-            yield from _buffer_shuffle(samples, self.shuffle_buffer, buffer_rng)
-            epoch += 1
-
-    def _count_and_continue(self, exn: Exception) -> bool:
-        self.skipped[f"tar_error:{type(exn).__name__}"] += 1
-        return True
-
-    def _with_caption(self, samples: Iterator[dict]) -> Iterator[tuple[dict, str]]:
-        for sample in samples:
-            try:
-                fields = json.loads(sample["json"]) if "json" in sample else {}
-            except (ValueError, UnicodeDecodeError):
-                self.skipped["bad_json"] += 1
-                continue
-            if "txt" in sample and "raw" not in fields:  # img2dataset layout: .txt is the alt-text
-                fields["raw"] = sample["txt"].decode("utf-8", errors="replace")
-            caption = self.select(sample["__key__"], fields)
-            if caption is None:
-                self.skipped["missing_caption"] += 1
-                continue
-            yield sample, caption
-
-    def _decode(self, sample: dict, caption: str) -> dict | None:
-        data = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-        if data is None:
-            self.skipped["missing_image"] += 1
-            return None
-        try:
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            pixels = self.transform(image)
-        except Exception:  # PIL raises many types on corrupt data
-            self.skipped["bad_image"] += 1
-            return None
-        input_ids, labels = self.layout.training_example(caption)
-        return {"pixels": pixels, "input_ids": input_ids, "labels": labels, "key": sample["__key__"]}
+        if self.positions is not None and len(self.positions) != num_workers:
+            raise ValueError(f"the checkpoint's loader state is for {len(self.positions)} dataloader workers per "
+                             f"rank, this run has {num_workers}: resume with the same data.num_workers")
+        return (physical + self.consumed_batches) % num_workers, num_workers
 
     def __iter__(self) -> Iterator[dict]:
-        slot, slots, worker, num_workers = self._slot()
-        skip = batches_seen_by_worker(self.consumed_batches, worker, num_workers) * self.micro_batch_size
-        for index, (sample, caption) in enumerate(self._with_caption(self._raw_samples(slot, slots))):
-            if index < skip:
-                continue  # already trained on before the resume; skipped before decoding
-            example = self._decode(sample, caption)
-            if example is not None:
-                yield example
+        worker, num_workers = self._logical_worker()
+        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+        position = dict(self.positions[worker]) if self.positions is not None else fresh_position()
+        epoch, window, emitted = position["epoch"], position["window"], position["emitted"]
+        seen, skipped, bad_run = position["seen"], Counter(position["skipped"]), 0
+        size = self.shuffle_buffer
+        while True:
+            plan = EpochPlan(self.pieces, slots, self.seed, epoch)
+            share = plan.samples_per_slot
+            pieces = plan.slot_range(slot, window * size)
+            if pieces and position.get("shard") is not None:
+                _check_resume_point(position, pieces[0], worker)
+                position["shard"] = None  # checked once, on the first window after a resume
+            raw_samples = read_pieces(pieces)
+            for window in range(window, -(-share // size)):
+                count = min(size, share - window * size)
+                window_samples = list(islice(raw_samples, count))
+                start = _window_start(plan, slot, window * size)
+                for emitted, index in enumerate(window_order(self.seed, epoch, slot, window, count)[emitted:],
+                                                start=emitted + 1):
+                    raw, window_samples[index] = window_samples[index], None
+                    seen += 1
+                    try:
+                        example = self._example(raw, epoch)
+                    except BadSample as bad:
+                        skipped[bad.reason] += 1
+                        bad_run += 1
+                        if bad_run >= share:
+                            raise DataStopped(_no_usable_data(slot, bad_run, skipped)) from None
+                        continue
+                    bad_run = 0
+                    example["position"] = (worker, {"epoch": epoch, "window": window, "emitted": emitted,
+                                                    "seen": seen, "skipped": dict(skipped), **start})
+                    yield example
+                emitted = 0
+            epoch, window = epoch + 1, 0
+
+    def _example(self, raw: dict | None, epoch: int) -> dict:
+        """Caption selection, tokenization, then image decoding; raises BadSample."""
+        if raw is LOST:
+            raise BadSample("tar_error")
+        caption, reason = self.select.choose(raw["__key__"], sample_fields(raw), epoch)
+        if reason:
+            raise BadSample(reason)
+        _, data = image_member(raw)
+        try:
+            image = Image.open(io.BytesIO(data))
+            pixels = self.transform(image if image.mode == "RGB" else image.convert("RGB"))
+        except Exception:  # PIL raises many types on corrupt data
+            raise BadSample("bad_image") from None
+        input_ids, labels = self.layout.training_example(caption)
+        return {"pixels": pixels, "input_ids": input_ids, "labels": labels, "key": raw["__key__"]}
 
 
-def _buffer_shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """Reservoir-style shuffle buffer with an explicit RNG (reproducible, unlike a global one)."""
-    buffer: list[dict] = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= size:
-            index = rng.randrange(len(buffer))
-            buffer[index], buffer[-1] = buffer[-1], buffer[index]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+def _window_start(plan: EpochPlan, slot: int, offset: int) -> dict:
+    """Shard and in-shard offset where a window of ``slot``'s share starts (saved for checking the resume)."""
+    pieces = plan.slot_range(slot, offset, offset + 1)
+    return {"shard": pieces[0].url, "offset": pieces[0].start} if pieces else {"shard": None, "offset": 0}
+
+
+def _check_resume_point(position: dict, piece: Piece, worker: int) -> None:
+    """The saved window start must be where the current plan starts it (shards may have moved: names count)."""
+    if (os.path.basename(position["shard"]), position["offset"]) != (os.path.basename(piece.url), piece.start):
+        raise ValueError(f"loader worker {worker}: the checkpoint resumes at {position['shard']} sample "
+                         f"{position['offset']}, but the current manifest / data config plans {piece.url} sample "
+                         f"{piece.start}: resume with the manifest, data.num_samples, data.seed, "
+                         "data.shuffle_buffer, world size and data.num_workers of the checkpointed run")
+
+
+def _no_usable_data(slot: int, count: int, skipped: Counter) -> str:
+    return (f"data: loader slot {slot} skipped {count:,} samples in a row (a whole epoch share) without one "
+            f"usable sample; skipped so far: {dict(skipped)}. Check the shards and data.caption_source.")
 
 
 class Collator:
-    """Stacks images and pads token sequences (see ``SequenceLayout.collate``)."""
+    """Stacks images, pads token sequences (see ``SequenceLayout.collate``) and carries the loader position."""
 
     def __init__(self, layout: SequenceLayout):
         self.layout = layout
@@ -160,26 +211,47 @@ class Collator:
         batch = self.layout.collate([(e["input_ids"], e["labels"]) for e in examples])
         batch["pixels"] = torch.stack([e["pixels"] for e in examples])
         batch["keys"] = [e["key"] for e in examples]
+        worker, position = examples[-1]["position"]
+        batch["data_position"] = {"worker": worker, "position": position}
         return batch
 
 
-def build_train_loader(stream: CaptionStream, num_workers: int) -> DataLoader:
-    return DataLoader(stream, batch_size=stream.micro_batch_size, num_workers=num_workers,
-                      collate_fn=Collator(stream.layout), persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None)
+class TrainLoader:
+    """The DataLoader's batches on ``device``, with the pixel normalisation the workers left out applied there."""
+
+    def __init__(self, loader: DataLoader, normalize: PixelNormalize | None, device: torch.device | str = "cpu"):
+        self.loader, self.normalize, self.device = loader, normalize, torch.device(device)
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            for name, value in batch.items():
+                if isinstance(value, torch.Tensor):
+                    batch[name] = value.to(self.device, non_blocking=True)
+            if self.normalize is not None:
+                batch["pixels"] = self.normalize(batch["pixels"])
+            yield batch
 
 
-def caption_corpus(shards: list[Shard], max_samples: int = 200_000) -> Iterator[str]:
+def build_train_loader(stream: CaptionStream, num_workers: int, device: torch.device | str = "cpu") -> TrainLoader:
+    loader = DataLoader(stream, batch_size=stream.micro_batch_size, num_workers=num_workers,
+                        collate_fn=Collator(stream.layout), persistent_workers=num_workers > 0,
+                        prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.device(device).type == "cuda")
+    return TrainLoader(loader, stream.normalize, device)
+
+
+def caption_corpus(shards: list[ShardEntry], max_samples: int = 200_000) -> Iterator[str]:
     """Every caption field of the first ``max_samples`` samples (text for training a tokenizer)."""
     seen = 0
-    for sample in wds.tarfile_samples(iter({"url": s.url} for s in shards), handler=wds.ignore_and_continue):
+    for shard in shards:
+        for raw in read_piece(Piece(shard.url, 0, min(shard.num_samples, max_samples - seen))):
+            seen += 1
+            try:
+                fields = sample_fields(raw) if raw is not LOST else {}
+            except BadSample:
+                continue
+            for value in fields.values():
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str) and text.strip() and "://" not in text:
+                        yield text
         if seen >= max_samples:
             return
-        seen += 1
-        try:
-            fields = json.loads(sample.get("json", b"{}"))
-        except ValueError:
-            continue
-        if "txt" in sample:
-            yield sample["txt"].decode("utf-8", errors="replace")
-        yield from (v for v in fields.values() if isinstance(v, str) and v.strip() and "://" not in v)

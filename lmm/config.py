@@ -80,8 +80,10 @@ class DataConfig:
     num_samples: int = 10_000_000  # samples seen in the run (one epoch of the nested subset)
     max_caption_tokens: int = 64
     num_workers: int = 2
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 1000  # samples per seeded shuffle window (raw bytes held per dataloader worker)
     seed: int = 0
+    max_skip_fraction: float = 0.01  # stop the run when more than this share of the samples read was unusable
+    max_caption_chars: int = 2000  # longer captions are skipped as oversized (counted)
 
 
 @dataclass

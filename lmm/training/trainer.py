@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from data_pipeline.captions import CaptionSelector
-from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus, load_manifest
+from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
+from data_pipeline.manifest import load_manifest, subset
+from data_pipeline.progress import LoaderProgress, positions_for_rank
 from lmm import distributed
 from lmm.config import ExperimentConfig, stop_step
 from lmm.models.llm import pretrained_tokenizer_file
@@ -69,9 +71,11 @@ class Trainer:
     """Optimizer steps (with gradient accumulation), metrics and checkpoints around one DeepSpeed engine."""
 
     def __init__(self, config: ExperimentConfig, engine, logger: MetricsLogger, step: int = 0,
-                 consumed_batches: int = 0, stop: StopRequest = STOP):
+                 consumed_batches: int = 0, data_progress: LoaderProgress | None = None,
+                 stop: StopRequest = STOP):
         self.config, self.engine, self.logger, self.stop = config, engine, logger, stop
         self.step, self.consumed_batches = step, consumed_batches
+        self.data_progress = data_progress or LoaderProgress(config.data.num_workers)
         self.meter, self.losses, self.history = ThroughputMeter(), [], []
         self.stopped_early = False  # a stop signal ended ``fit`` before the last step (after a checkpoint)
 
@@ -84,6 +88,7 @@ class Trainer:
         for _ in range(self.engine.gradient_accumulation_steps()):
             batch = next(batches)
             self.consumed_batches += 1
+            self.data_progress.observe(batch)
             loss = self.engine(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
             self.engine.backward(loss)
             self.engine.step()
@@ -98,7 +103,8 @@ class Trainer:
         scalars = {"train/loss": mean_across_ranks(torch.stack(self.losses).mean().item()),
                    "train/lr": self.engine.get_lr()[0],
                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                   "perf/samples_per_s": samples_per_s, "perf/tokens_per_s": tokens_per_s}
+                   "perf/samples_per_s": samples_per_s, "perf/tokens_per_s": tokens_per_s,
+                   **self.data_progress.skip_scalars()}
         self.losses = []
         self.logger.log(scalars, self.samples_seen, self.step)
         self.history.append({"step": self.step, **scalars})
@@ -108,7 +114,8 @@ class Trainer:
         meta = CheckpointMeta(c.run_name, c.data.caption_source, c.data.num_samples, self.step, self.samples_seen,
                               c.train.zero_stage, c.digest())
         checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
-                                                          "consumed_batches": self.consumed_batches})
+                                                          "consumed_batches": self.consumed_batches,
+                                                          "data": self.data_progress.state_dict()})
 
     def fit(self, batches: Iterator[dict]) -> list[dict]:
         """Train until the epoch ends (or ``train.max_steps``), or until a stop signal; returns the metric history."""
@@ -138,6 +145,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     env = distributed.init_distributed(config.train.collective_timeout_s)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)  # fails before training
     config = prepare_tokenizer(config, env)
     if env.is_main:
         write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
@@ -150,17 +158,19 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         print(json.dumps({"parameters": parameter_counts(model)}), flush=True)
 
     state = checkpoint.resume(engine, output_dir) or {"step": 0, "consumed_batches": 0}
+    d = config.data
+    positions = positions_for_rank(state.get("data"), env.rank, env.world_size, d.num_workers)
     stream = CaptionStream(
-        load_manifest(config.data.train_manifest),
-        CaptionSelector(config.data.caption_source, config.data.mix, config.data.seed),
+        pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars),
         image_preprocess(model.vision),
-        SequenceLayout(tokenizer, config.model.bridge.num_queries, config.data.max_caption_tokens),
-        env.rank, env.world_size, config.train.micro_batch_size, seed=config.data.seed,
-        shuffle_buffer=config.data.shuffle_buffer, consumed_batches=state["consumed_batches"])
+        SequenceLayout(tokenizer, config.model.bridge.num_queries, d.max_caption_tokens),
+        env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
+        shuffle_buffer=d.shuffle_buffer, positions=positions, consumed_batches=state["consumed_batches"])
     logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
-    trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"])
+    trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"],
+                      LoaderProgress(d.num_workers, positions, d.max_skip_fraction))
     try:
-        history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers)))
+        history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device)))
     finally:
         logger.close()
     if not trainer.stopped_early:

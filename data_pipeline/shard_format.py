@@ -1,0 +1,81 @@
+"""The sample schema of a training shard, and why a sample may be unusable.
+
+A shard is a tar of samples; a sample is the group of consecutive members sharing a ``__key__`` (the member name
+up to its first dot, so keys hold no dots):
+
+* ``<key>.jpg`` | ``.jpeg`` | ``.png`` | ``.webp`` -- one encoded image;
+* ``<key>.json`` -- caption fields (``raw``, ``synthetic``, ``capsfusion``, any other such as ``laclip``; a field
+  may hold a list of captions, e.g. COCO's five) plus metadata (``url``, ``width``, ``height``, ...);
+* ``<key>.txt`` -- optional; img2dataset writes its caption column there: it counts as ``raw`` when the json has
+  no ``raw`` field, so img2dataset output is readable as-is.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CAPTION_FIELDS = ("raw", "synthetic", "capsfusion")
+
+# Why a sample was skipped; logged as data/skipped/<reason>.
+SKIP_REASONS = (
+    "tar_error",         # corrupt / truncated / unreadable tar (or fewer samples than the manifest): rest of shard
+    "bad_json",          # json member is not a JSON object
+    "caption_not_utf8",  # caption bytes are not UTF-8
+    "missing_caption",   # the chosen caption field is absent (or not text)
+    "empty_caption",     # the chosen caption is empty or whitespace
+    "caption_too_long",  # longer than data.max_caption_chars
+    "missing_image",     # no image member
+    "bad_image",         # image bytes do not decode
+)
+
+_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext: key up to the first dot
+
+
+class BadSample(Exception):
+    """A sample that must be skipped; ``reason`` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``); None for names without an extension."""
+    match = _NAME.match(name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def sample_fields(sample: dict) -> dict:
+    """The caption fields and metadata of a raw sample (member bytes by extension); raises BadSample."""
+    fields = {}
+    if "json" in sample:
+        try:
+            fields = json.loads(sample["json"].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadSample("caption_not_utf8") from None
+        except ValueError:
+            raise BadSample("bad_json") from None
+        if not isinstance(fields, dict):
+            raise BadSample("bad_json")
+    if "txt" in sample and "raw" not in fields:
+        try:
+            fields["raw"] = sample["txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadSample("caption_not_utf8") from None
+    return fields
+
+
+def image_member(sample: dict) -> tuple[str, bytes]:
+    """(extension, bytes) of the sample's image; raises BadSample('missing_image')."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample:
+            return ext, sample[ext]
+    raise BadSample("missing_image")
+
+
+def encode_sample(key: str, image_ext: str, image: bytes, fields: dict) -> dict:
+    """A sample dict for ``webdataset.TarWriter(encoder=False)`` in this schema."""
+    if "." in key or not key:
+        raise ValueError(f"sample key {key!r} must be non-empty and hold no dots")
+    return {"__key__": key, image_ext: image, "json": json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()}
