@@ -14,6 +14,7 @@ from pathlib import Path
 
 from data_pipeline.demo_world import DemoWorldSpec, generate_demo_world
 from launch.local import torchrun
+from lmm.config import load_config
 from launch.plot import plot
 from lmm.eval.results import read_results
 
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     world = args.out / "world"
-    generate_demo_world(world, DemoWorldSpec())
+    samples = load_config(args.config, args.overrides).data.num_samples  # one epoch of distinct samples
+    generate_demo_world(world, DemoWorldSpec(num_train=samples))
     results = args.out / "results.jsonl"
     run_dirs = [args.out / "runs" / source for source in args.sources.split(",")]
     for source, run_dir in zip(args.sources.split(","), run_dirs):
