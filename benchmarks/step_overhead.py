@@ -38,6 +38,7 @@ def run_rank(args) -> None:
     import torch
 
     from data_pipeline.demo_world import capsfusion_caption, sample_item
+    from data_pipeline.loader import fresh_position
     from lmm import distributed
     from lmm.config import load_config
     from lmm.models.lmm import build_lmm
@@ -60,6 +61,7 @@ def run_rank(args) -> None:
     micro = config.train.micro_batch_size
     batch = layout.collate([layout.training_example(c) for c in captions[:micro]])
     batch["pixels"] = torch.randn(micro, 3, 112, 112)
+    batch["data_position"] = {"worker": 0, "position": fresh_position()}  # what the loader's collator attaches
     batches = itertools.repeat(batch)
 
     def engine():
