@@ -8,11 +8,11 @@ stops the run with a clear message once more than ``max_skip_fraction`` of the s
 """
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 
 from data_pipeline.loader import DataStopped, fresh_position
 from data_pipeline.shard_format import SKIP_REASONS
+from lmm import distributed
 
 MIN_SAMPLES_FOR_SKIP_BOUND = 1000  # the bound is not judged on fewer samples read (one bad sample in 10 is noise)
 
@@ -51,11 +51,9 @@ class LoaderProgress:
 
     def skip_totals(self) -> tuple[int, dict[str, int]]:
         """Collective: (samples read, skipped samples by reason), summed over workers and ranks."""
-        counts = torch.tensor([[p["seen"]] + [p["skipped"].get(r, 0) for r in SKIP_REASONS]
-                               for p in self.positions], dtype=torch.float64).sum(0)
-        if dist.is_initialized():
-            dist.all_reduce(counts)
-        values = [int(v) for v in counts.tolist()]
+        local = [sum(p["seen"] for p in self.positions),
+                 *(sum(p["skipped"].get(r, 0) for p in self.positions) for r in SKIP_REASONS)]
+        values = [int(v) for v in distributed.all_reduce(local)]  # on the GPU under NCCL
         return values[0], dict(zip(SKIP_REASONS, values[1:]))
 
     def skip_scalars(self) -> dict[str, float]:
