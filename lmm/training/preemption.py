@@ -39,7 +39,7 @@ class StopRequest:
         self._pid = os.getpid()
         for signum in STOP_SIGNALS:
             previous = signal.signal(signum, self._record)
-            if previous is not self._record:
+            if previous != self._record:  # a second install keeps the handler it chained first
                 self._previous[signum] = previous
         return self
 

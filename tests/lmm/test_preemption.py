@@ -9,7 +9,7 @@ def test_signal_sets_the_flag_and_keeps_the_previous_handler():
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda *_: calls.append("old"))
     try:
-        stop = StopRequest().install()
+        stop = StopRequest().install().install()  # installing twice must not chain to itself
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGUSR2)
         assert stop.requested and stop.signum == signal.SIGUSR2 and calls == []
