@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--stop-after-step", type=int, help="watch: stop once every checkpoint up to this step is done")
     parser.add_argument("rest", nargs="*", metavar="PATH_OR_OVERRIDE",
                         help="more checkpoint paths, and eval.key=value protocol overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # paths and overrides may stand before, between or after options
     # nargs="+" options swallow what follows them: key=value items are overrides wherever they stand
     words = [*map(str, args.checkpoint), *args.benchmark, *args.rest]
     args.overrides = [w if w.startswith("eval.") else f"eval.{w}" for w in words if "=" in w]

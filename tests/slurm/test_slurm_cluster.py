@@ -58,10 +58,10 @@ def run_overrides(world: Path, out: Path, *extra: str) -> list[str]:
             "train.checkpoint_every=8", f"output_dir={out}", *extra]
 
 
-def sbatch(out: Path, overrides: list[str]) -> str:
-    """Submit slurm/pretrain_10m.sh from the repository root, as a user would; returns the job id."""
+def sbatch(out: Path, args: list[str], script: str = PRETRAIN_10M, flags: list[str] = CPU_FLAGS) -> str:
+    """Submit a slurm/ batch script from the repository root, as a user would; returns the job id."""
     env = {**os.environ, "LMM_PYTHON": sys.executable}
-    result = subprocess.run(["sbatch", "--parsable", *CPU_FLAGS, f"--output={out}.log", PRETRAIN_10M, *overrides],
+    result = subprocess.run(["sbatch", "--parsable", *flags, f"--output={out}.log", script, *args],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
@@ -132,6 +132,22 @@ def test_pretrain_script_trains_on_two_nodes_and_exits_0(uninterrupted):
     assert logged_steps(Path(f"{out}.log")) == list(range(1, STEPS + 1))
     assert [read_meta(c).step for c in complete_checkpoints(out)] == [8, 16, 24, 32]
     assert slurm("sacct", "-X", "-n", "-P", "-o", "NNodes", "-j", job) == "2"
+
+
+def test_eval_script_evaluates_every_checkpoint_of_the_run_on_two_ranks(uninterrupted, demo_world, tmp_path):
+    import json
+
+    run, _, _ = uninterrupted
+    results = tmp_path / "results.jsonl"
+    job = sbatch(tmp_path / "eval", [str(run), "--results", str(results),
+                                     f"eval.dataset_json={demo_world / 'eval' / 'dataset_coco.json'}",
+                                     f"eval.image_root={demo_world / 'eval'}", "eval.meteor=false"],
+                 script="slurm/eval.sh", flags=["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
+                                                "--cpus-per-task=1", "--time=10"])
+    assert wait_for_end(job) == ("COMPLETED", "0:0"), Path(f"{tmp_path / 'eval'}.log").read_text()[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["step"] for r in records) == [8, 16, 24, 32]
+    assert {r["eval_world_size"] for r in records} == {2} and all("CIDEr" in r["metrics"] for r in records)
 
 
 def test_preempted_job_checkpoints_requeues_resumes_and_matches_uninterrupted(uninterrupted, demo_world):
