@@ -3,16 +3,23 @@
 Under Slurm the same module is started by ``srun`` (see ``slurm/launch.sh``). Exit codes: 0 finished or
 requeued after a preemption checkpoint, 2 bad config, 75 stopped by a signal after a checkpoint without a
 requeue (rerun to resume).
+
+Under ``srun --kill-on-bad-exit`` a rank that exits 75 first would get its siblings killed (the step then reports
+SIGTERM, not 75), so when ``LMM_STOP_MARKER`` names a file, a stopped run writes it from rank 0 and every rank exits
+0; ``slurm/launch.sh`` turns the marker into the job's exit code 75.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from lmm.training.preemption import STOP, StopOutcome
 
 EXIT_BAD_CONFIG = 2
 EXIT_STOPPED = 75  # EX_TEMPFAIL: incomplete but resumable
+STOP_MARKER_ENV = "LMM_STOP_MARKER"
 
 
 def run(config) -> int:
@@ -21,9 +28,18 @@ def run(config) -> int:
     from lmm.training.trainer import train
     try:
         _, outcome = train(config)
+        if outcome is not StopOutcome.NOT_REQUEUED:
+            return 0
+        marker = os.environ.get(STOP_MARKER_ENV)
+        if not marker:
+            return EXIT_STOPPED
+        if distributed.detect_env().is_main:
+            Path(marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(marker).write_text(f"stopped after a checkpoint in {config.output_dir}\n")
+        distributed.barrier()  # the marker exists before any rank exits
+        return 0
     finally:
         distributed.shutdown()  # before exit, or srun may report the task as aborted
-    return EXIT_STOPPED if outcome is StopOutcome.NOT_REQUEUED else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,9 @@
 # Rendezvous: master = first host of the job's node list, port derived from the job id (stable across requeues,
 # distinct between jobs sharing a node); rank / local rank / world size come from SLURM_PROCID / SLURM_LOCALID /
 # SLURM_NTASKS in lmm.distributed. --kill-on-bad-exit: one dead rank ends the whole step at once (no hang).
+# Exit code: srun's, except 75 when the run stopped after a checkpoint without requeueing (train.max_requeues
+# reached): the ranks then exit 0 and leave LMM_STOP_MARKER, since a rank exiting 75 first would get its siblings
+# killed and the step would report SIGTERM instead.
 # Environment: LMM_PYTHON (interpreter, default `python`), MASTER_PORT (to override the derived port).
 set -euo pipefail
 
@@ -25,4 +28,13 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed NCCL collective aborts inst
 
 echo "[launch] job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_NTASKS} tasks, master ${MASTER_ADDR}:${MASTER_PORT}, launch.${entry} $*"
-srun --kill-on-bad-exit=1 --cpu-bind=none "${LMM_PYTHON:-python}" -m "launch.${entry}" "$@"
+export LMM_STOP_MARKER="${SLURM_SUBMIT_DIR:-$PWD}/slurm/logs/.stopped-${SLURM_JOB_ID}"
+rm -f "$LMM_STOP_MARKER"
+status=0
+srun --kill-on-bad-exit=1 --cpu-bind=none "${LMM_PYTHON:-python}" -m "launch.${entry}" "$@" || status=$?
+if [[ $status -eq 0 && -e $LMM_STOP_MARKER ]]; then
+    echo "[launch] $(cat "$LMM_STOP_MARKER"); not requeued: resubmit to resume"
+    rm -f "$LMM_STOP_MARKER"
+    exit 75
+fi
+exit "$status"

@@ -167,6 +167,7 @@ def test_preempted_job_checkpoints_requeues_resumes_and_matches_uninterrupted(un
     state, exit_code = wait_for_end(job)
     text = log.read_text()
     assert "requeueing job" in text and "not requeueing" in text, text[-3000:]
+    assert "not requeued: resubmit to resume" in text, text[-3000:]  # every rank exited 0; launch.sh set 75
     assert (state, exit_code) == ("FAILED", "75:0"), text[-3000:]  # stopped early, resumable
     first, second = steps_per_start(log)
     assert first[0] == 1 and second[0] == first[-1] + 1  # the restart continued right after the saved step
