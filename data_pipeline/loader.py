@@ -24,6 +24,7 @@ run with a clear error instead of hanging.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections import Counter
 from itertools import islice
@@ -32,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from torchvision import transforms as T
 
 from data_pipeline.captions import CaptionSelector
@@ -93,9 +94,26 @@ def split_transform(transform: Callable) -> tuple[Callable, PixelNormalize | Non
 
 
 def _uint8_image(pil_stage: Callable) -> Callable:
-    def apply(image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.array(pil_stage(image), dtype=np.uint8))
+    def apply(image: Image.Image) -> np.ndarray:
+        return np.asarray(pil_stage(image), dtype=np.uint8)  # [H, W, C], a view of the PIL image's bytes
     return apply
+
+
+def stack_images(images: list) -> torch.Tensor:
+    """One ``[B, ...]`` tensor of the examples' images. uint8 arrays are copied once each, straight into a
+    tensor that lives in shared memory inside a DataLoader worker, so the batch crosses to the trainer as is."""
+    if not isinstance(images[0], np.ndarray):
+        return default_collate(images)  # float tensors of an unsplit transform (shared memory in a worker too)
+    shape = (len(images), *images[0].shape)
+    if get_worker_info() is None:
+        out = torch.empty(shape, dtype=torch.uint8)
+    else:
+        out = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(math.prod(shape)))
+        out = out.view(shape)
+    rows = out.numpy()
+    for row, image in enumerate(images):
+        rows[row] = image
+    return out
 
 
 class CaptionStream(IterableDataset):
@@ -202,14 +220,19 @@ def _no_usable_data(slot: int, count: int, skipped: Counter) -> str:
 
 
 class Collator:
-    """Stacks images, pads token sequences (see ``SequenceLayout.collate``) and carries the loader position."""
+    """Stacks images, pads token sequences (see ``SequenceLayout.collate``) and carries the loader position.
+
+    Crossing from a worker to the trainer, every shared-memory tensor costs the receiver a socket handshake (file
+    descriptor passing, ~1 ms), so only the pixels go as one; the small token arrays go as numpy, by value, and
+    ``TrainLoader`` turns them back into tensors."""
 
     def __init__(self, layout: SequenceLayout):
         self.layout = layout
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = self.layout.collate([(e["input_ids"], e["labels"]) for e in examples])
-        batch["pixels"] = torch.stack([e["pixels"] for e in examples])
+        tokens = self.layout.collate([(e["input_ids"], e["labels"]) for e in examples])
+        batch = {name: value.numpy() for name, value in tokens.items()}  # small: they travel inside the pickle
+        batch["pixels"] = stack_images([e["pixels"] for e in examples])
         batch["keys"] = [e["key"] for e in examples]
         worker, position = examples[-1]["position"]
         batch["data_position"] = {"worker": worker, "position": position}
@@ -225,6 +248,8 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict]:
         for batch in self.loader:
             for name, value in batch.items():
+                if isinstance(value, np.ndarray):
+                    value = torch.from_numpy(value)
                 if isinstance(value, torch.Tensor):
                     batch[name] = value.to(self.device, non_blocking=True)
             if self.normalize is not None:

@@ -9,13 +9,13 @@ returned as ``LOST`` (skip reason ``tar_error``), so a range always yields exact
 """
 from __future__ import annotations
 
-import tarfile
 from typing import Iterator
 
 import webdataset as wds
 
 from data_pipeline.manifest import Piece
 from data_pipeline.shard_format import split_name
+from data_pipeline.tar_members import Member, iter_members
 
 LOST = None  # placeholder for a planned sample that could not be read
 
@@ -23,7 +23,7 @@ LOST = None  # placeholder for a planned sample that could not be read
 def _open(url: str):
     stream = wds.gopen(url, "rb")
     seekable = getattr(stream, "seekable", lambda: False)()
-    return stream, tarfile.open(fileobj=stream, mode="r:" if seekable else "r|")
+    return stream, iter_members(stream, seekable)
 
 
 def _close(stream) -> None:
@@ -33,12 +33,10 @@ def _close(stream) -> None:
         pass
 
 
-def _samples_from(tar: tarfile.TarFile, start: int) -> Iterator[dict]:
-    """Samples of ``tar`` from the ``start``-th on; members of earlier samples are passed over unread."""
+def _samples_from(members: Iterator[Member], start: int) -> Iterator[dict]:
+    """Samples from the ``start``-th on; members of earlier samples are passed over unread."""
     index, current, key = -1, None, None
-    for member in tar:
-        if not member.isfile():
-            continue
+    for member in members:
         parts = split_name(member.name)
         if parts is None:
             continue
@@ -48,7 +46,7 @@ def _samples_from(tar: tarfile.TarFile, start: int) -> Iterator[dict]:
             key, index = parts[0], index + 1
             current = {"__key__": key} if index >= start else None
         if current is not None:
-            current[parts[1]] = tar.extractfile(member).read()
+            current[parts[1]] = member.read()
     if current is not None:
         yield current
 
@@ -59,9 +57,9 @@ def read_piece(piece: Piece) -> Iterator[dict | None]:
     produced = 0
     stream = None
     try:
-        stream, tar = _open(piece.url)
+        stream, members = _open(piece.url)
         if wanted > 0:
-            for sample in _samples_from(tar, piece.start):
+            for sample in _samples_from(members, piece.start):
                 produced += 1
                 yield sample
                 if produced == wanted:
@@ -82,11 +80,11 @@ def read_pieces(pieces: list[Piece]) -> Iterator[dict | None]:
 
 def count_samples(url: str) -> int:
     """Samples in a shard, from its tar headers (no member data is read from a local shard)."""
-    stream, tar = _open(url)
+    stream, members = _open(url)
     try:
         keys, last = 0, None
-        for member in tar:
-            parts = split_name(member.name) if member.isfile() else None
+        for member in members:
+            parts = split_name(member.name)
             if parts is not None and parts[0] != last:
                 keys, last = keys + 1, parts[0]
         return keys
