@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Iterable
 
 from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
-from data_pipeline.shard_format import CAPTION_FIELDS, IMAGE_EXTENSIONS, BadSample, encode_sample, sample_fields
+from data_pipeline.shard_format import CAPTION_FIELDS, BadSample, encode_sample, image_member, sample_fields
 from data_pipeline.shard_reader import LOST, count_samples, read_pieces
 
 PRESETS = {
@@ -142,9 +142,7 @@ def _img2dataset_samples(pieces: list[Piece], columns: dict[str, str]):
             continue
         try:
             meta = sample_fields({k: v for k, v in raw.items() if k in ("json", "txt")})
-            image = next((raw[e] for e in IMAGE_EXTENSIONS if e in raw), None)
-            if image is None:
-                raise BadSample("image_missing")
+            _, image = image_member(raw)
             fields = _mapped_fields(meta, columns)
             ext, data, width, height = _image_record(image)
         except BadSample as bad:
@@ -197,7 +195,7 @@ def plan_table_file(path: Path, columns: dict[str, str], image_column: str, imag
     for index, row in enumerate(rows):
         image = row.get(image_column)
         if not isinstance(image, str) or not image:
-            failures["image_missing"] += 1
+            failures["missing_image"] += 1
             continue
         by_image.setdefault(image if group else f"{index}\0{image}", []).append(row)
     groups, stem, url_column = [], _stem(path), columns.get("url")
@@ -208,7 +206,7 @@ def plan_table_file(path: Path, columns: dict[str, str], image_column: str, imag
             continue
         local = image_root / image if image_root else Path(image)
         if not local.is_file():
-            failures["image_missing"] += 1
+            failures["missing_image"] += 1
             continue
         fields = {f: _caption_values(r.get(c) for r in members) for f, c in columns.items() if f != "url"}
         fields = {f: v for f, v in fields.items() if v is not None}

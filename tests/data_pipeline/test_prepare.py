@@ -45,7 +45,7 @@ def coco_rows():
 
 def check_coco_output(out, stats, rows=12, bad_rows=0):
     assert stats["rows"] == rows and stats["unique_images"] == 8 and stats["samples"] == 4
-    assert stats["failures"] == {"image_missing": 1, "image_not_fetched": 1, "image_unreadable": 1, "no_caption": 1,
+    assert stats["failures"] == {"missing_image": 1, "image_not_fetched": 1, "image_unreadable": 1, "no_caption": 1,
                                  **({"bad_row": bad_rows} if bad_rows else {})}
     assert json.loads((out / "stats.json").read_text()) == stats
     assert stats["captions"] == {"raw": 8} and stats["shards"] == 2
