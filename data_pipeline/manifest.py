@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from lmm.files import write_json_atomic
 
 MANIFEST_FILE = "manifest.json"
 
@@ -63,9 +64,7 @@ def write_manifest(path: str | Path, entries: list[dict], **extra) -> dict:
     order = ("path", "num_samples", "bytes", "sha256")
     entries = [{**{k: e[k] for k in order if k in e}, **e} for e in entries]
     manifest = {"shards": entries, "num_samples": sum(e["num_samples"] for e in entries), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, manifest, sort_keys=False)
     return manifest
 
 

@@ -40,6 +40,7 @@ from typing import Iterable
 from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
 from data_pipeline.shard_format import CAPTION_FIELDS, BadSample, encode_sample, image_member, sample_fields
 from data_pipeline.shard_reader import LOST, count_samples, read_pieces
+from lmm.files import write_json_atomic
 
 PRESETS = {
     # The CapsFusion-120M release: image_url, laion_2b (raw alt-text), laion_coco (BLIP), capsfusion (fused).
@@ -103,7 +104,7 @@ def _write_shard(job: dict) -> dict:
                              if f in job["caption_fields"]})
     os.replace(tmp, out)
     record = {"shard": _shard_record(out, written), "failures": dict(failures), "captions": dict(captions)}
-    _write_json(out.with_name(out.name + ".json"), record)  # the done marker, written last
+    write_json_atomic(out.with_name(out.name + ".json"), record)  # the done marker, written last
     return record
 
 
@@ -222,12 +223,6 @@ def plan_table_file(path: Path, columns: dict[str, str], image_column: str, imag
 
 # --------------------------------------------------------------------------------------------- driving
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _finished(path: Path) -> dict | None:
     marker = path.with_name(path.name + ".json")
     if marker.is_file() and path.is_file():
@@ -269,7 +264,7 @@ def _finish(out: Path, records: list[dict], stats: dict, caption_fields: list[st
              "captions": dict(sorted(captions.items())), "failures": dict(sorted(failures.items()))}
     if "unique_images" not in stats:
         stats["unique_images"] = manifest["num_samples"]
-    _write_json(out / STATS_FILE, stats)
+    write_json_atomic(out / STATS_FILE, stats)
     return stats
 
 

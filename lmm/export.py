@@ -24,10 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmm.config import config_from_dict
+from lmm.files import write_json_atomic
 from lmm.models.lmm import LMM, build_lmm
 from lmm.models.weights import check_tensor_shapes, state_shapes
 from lmm.tokenizer import CaptionTokenizer
-from lmm.training.checkpoint import write_json_atomic
 
 EXPORT_MARKER = "lmm_export.json"
 EXPORT_FORMAT = "lmm-export/1"

@@ -7,11 +7,11 @@ last, atomically, by rank 0 after every rank finished: a checkpoint without it i
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmm import distributed
+from lmm.files import write_json_atomic
 
 META_FILE = "meta.json"
 RUN_CONFIG_FILE = "config.json"
@@ -75,9 +75,3 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def read_meta(checkpoint: str | Path) -> CheckpointMeta:
     return CheckpointMeta(**json.loads((Path(checkpoint) / META_FILE).read_text()))
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)

@@ -17,13 +17,14 @@ from data_pipeline.manifest import load_manifest, subset
 from data_pipeline.progress import LoaderProgress, positions_for_rank
 from lmm import distributed
 from lmm.config import ExperimentConfig, stop_step
+from lmm.files import write_json_atomic
 from lmm.models.llm import pretrained_tokenizer_file
 from lmm.models.lmm import LMM, build_lmm, parameter_counts
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
 from lmm.tokenizer import CaptionTokenizer, train_tokenizer
 from lmm.training import checkpoint
-from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta, write_json_atomic
+from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
 from lmm.training.preemption import STOP, StopOutcome, StopRequest, requeue
