@@ -79,34 +79,31 @@ def _decode_resize(data: bytes) -> None:
     np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((TARGET, TARGET), Image.BICUBIC))
 
 
-def _bare_worker(urls: list[str]) -> int:
-    count = 0
-    for url in urls:
-        with tarfile.open(url, mode="r|") as tar:
-            for member in tar:
-                if member.name.endswith(".jpg"):
-                    _decode_resize(tar.extractfile(member).read())
-                    count += 1
-    return count
-
-
-def _bare_worker_fast_tar(urls: list[str]) -> int:
-    from data_pipeline.tar_members import iter_members
-    count = 0
-    for url in urls:
+def _jpegs(url: str, fast_tar: bool):
+    """The JPEG members' bytes of one shard, read with ``tarfile`` or with our parser."""
+    if fast_tar:
+        from data_pipeline.tar_members import iter_members
         with open(url, "rb") as stream:
-            for member in iter_members(stream, seekable=True):
-                if member.name.endswith(".jpg"):
-                    _decode_resize(member.read())
-                    count += 1
+            yield from (m.read() for m in iter_members(stream, seekable=True) if m.name.endswith(".jpg"))
+    else:
+        with tarfile.open(url, mode="r|") as tar:
+            yield from (tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg"))
+
+
+def _bare_worker(job: tuple[list[str], bool]) -> int:
+    urls, fast_tar = job
+    count = 0
+    for url in urls:
+        for data in _jpegs(url, fast_tar):
+            _decode_resize(data)
+            count += 1
     return count
 
 
 def run_bare(shards: list, workers: int, fast_tar: bool = False) -> int:
     urls = [s.url for s in shards]
     with mp.get_context("fork").Pool(workers) as pool:
-        return sum(pool.map(_bare_worker_fast_tar if fast_tar else _bare_worker,
-                            [urls[w::workers] for w in range(workers)]))
+        return sum(pool.map(_bare_worker, [(urls[w::workers], fast_tar) for w in range(workers)]))
 
 
 def run_ours(shards: list, tokenizer, workers: int, batch: int, buffer: int, normalize_on_cpu: bool) -> int:
@@ -114,9 +111,9 @@ def run_ours(shards: list, tokenizer, workers: int, batch: int, buffer: int, nor
     ``TrainLoader`` runs on the training device (a GPU in a real run)."""
     from data_pipeline.captions import CaptionSelector
     from data_pipeline.loader import CaptionStream, TrainLoader, build_train_loader
-    from data_pipeline.manifest import subset
+    from data_pipeline.manifest import subset, total_samples
     from lmm.sequence import SequenceLayout
-    total = sum(s.num_samples for s in shards)
+    total = total_samples(shards)
     stream = CaptionStream(subset(shards, total), CaptionSelector("capsfusion"), eva_transform(),
                            SequenceLayout(tokenizer, 32, 64), 0, 1, batch, shuffle_buffer=buffer)
     slots = max(1, workers)

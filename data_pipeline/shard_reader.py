@@ -33,20 +33,30 @@ def _close(stream) -> None:
         pass
 
 
-def _samples_from(members: Iterator[Member], start: int) -> Iterator[dict]:
-    """Samples from the ``start``-th on; members of earlier samples are passed over unread."""
-    index, current, key = -1, None, None
+def _sample_members(members: Iterator[Member]) -> Iterator[tuple[int, str, str, Member]]:
+    """(sample index, key, extension, member) for each member named like a sample's; a sample is a run of
+    consecutive members sharing a key."""
+    index, key = -1, None
     for member in members:
         parts = split_name(member.name)
         if parts is None:
             continue
         if parts[0] != key:
+            key, index = parts[0], index + 1
+        yield index, key, parts[1], member
+
+
+def _samples_from(members: Iterator[Member], start: int) -> Iterator[dict]:
+    """Samples from the ``start``-th on; members of earlier samples are passed over unread."""
+    current, current_index = None, None
+    for index, key, ext, member in _sample_members(members):
+        if index < start:
+            continue
+        if index != current_index:
             if current is not None:
                 yield current
-            key, index = parts[0], index + 1
-            current = {"__key__": key} if index >= start else None
-        if current is not None:
-            current[parts[1]] = member.read()
+            current, current_index = {"__key__": key}, index
+        current[ext] = member.read()
     if current is not None:
         yield current
 
@@ -82,11 +92,9 @@ def count_samples(url: str) -> int:
     """Samples in a shard, from its tar headers (no member data is read from a local shard)."""
     stream, members = _open(url)
     try:
-        keys, last = 0, None
-        for member in members:
-            parts = split_name(member.name)
-            if parts is not None and parts[0] != last:
-                keys, last = keys + 1, parts[0]
-        return keys
+        index = -1
+        for index, *_ in _sample_members(members):
+            pass
+        return index + 1
     finally:
         _close(stream)
