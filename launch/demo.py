@@ -14,8 +14,8 @@ from pathlib import Path
 
 from data_pipeline.demo_world import DemoWorldSpec, generate_demo_world
 from launch.local import torchrun
-from lmm.config import load_config
 from launch.plot import plot
+from lmm.config import load_config
 from lmm.eval.results import read_results
 
 
@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_config(args.config, args.overrides).data.num_samples  # one epoch of distinct samples
     generate_demo_world(world, DemoWorldSpec(num_train=samples))
     results = args.out / "results.jsonl"
-    run_dirs = [args.out / "runs" / source for source in args.sources.split(",")]
-    for source, run_dir in zip(args.sources.split(","), run_dirs):
+    sources = args.sources.split(",")
+    run_dirs = [args.out / "runs" / source for source in sources]
+    for source, run_dir in zip(sources, run_dirs):
         torchrun(args.nproc, "launch.pretrain", [
             "--config", args.config, f"data.caption_source={source}", f"run_name=demo-{source}",
             f"output_dir={run_dir}", f"data.train_manifest={world / 'train' / 'manifest.json'}",

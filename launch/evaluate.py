@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 from lmm.config import ConfigError, EvalConfig, apply_overrides, build_dataclass
+from lmm.eval.results import RESULTS_FILE
 from lmm.training.checkpoint import RUN_CONFIG_FILE
-
-RESULTS_FILE = "eval_results.jsonl"
 
 
 def resolve_checkpoints(target: Path) -> list[Path]:

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmm.eval.results import read_results
+from lmm.eval.results import RESULTS_FILE, read_results
 from lmm.eval.scaling import curves, fit_saturating_power_law, markdown_tables, scaling_points, write_points_csv
-
-RESULTS_FILE = "eval_results.jsonl"
 
 
 def read_all(paths: list[Path]) -> list[dict]:

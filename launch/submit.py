@@ -18,10 +18,10 @@ from pathlib import Path
 
 import submitit
 
+from launch.pretrain import EXIT_BAD_CONFIG, EXIT_STOPPED, run
 from lmm.config import ConfigError, ExperimentConfig, load_config
 from lmm.training.deepspeed_config import build_deepspeed_config
-
-EXIT_BAD_CONFIG = 2
+from lmm.training.preemption import STOP
 
 
 @dataclass
@@ -56,9 +56,6 @@ class PretrainJob(submitit.helpers.Checkpointable):
         self.config_path, self.overrides = config_path, list(overrides)
 
     def __call__(self) -> int:
-        from launch.pretrain import EXIT_STOPPED, run
-        from lmm.training.preemption import STOP
-
         STOP.install()  # chains submitit's own handlers (called after our checkpoint)
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         code = run(load_config(self.config_path, self.overrides))

@@ -13,11 +13,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from lmm.config import config_from_dict
+from lmm.export import EXPORT_MARKER, load_exported
 from lmm.models.lmm import LMM, build_lmm
 from lmm.tokenizer import CaptionTokenizer
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE, CheckpointMeta, read_meta
-
-EXPORT_MARKER = "lmm_export.json"
 
 
 @dataclass
@@ -73,8 +72,6 @@ def _load_deepspeed(checkpoint: Path) -> EvalModel:
 
 
 def _load_export(path: Path) -> EvalModel:
-    from lmm.export import load_exported  # written by the export component; only needed for exported models
-
     model, tokenizer = load_exported(path)
     info = json.loads((path / EXPORT_MARKER).read_text())
     source = info.get("meta", info)

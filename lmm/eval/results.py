@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+RESULTS_FILE = "eval_results.jsonl"  # a run's own results file, next to its checkpoints
 REQUIRED_FIELDS = ("run_name", "caption_source", "num_samples", "samples_seen", "step", "benchmark", "metrics",
                    "checkpoint", "config_digest", "protocol")
 
