@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lmm.config import ConfigError, EvalConfig, apply_overrides, build_dataclass
 from lmm.eval.results import RESULTS_FILE
-from lmm.training.checkpoint import RUN_CONFIG_FILE
+from lmm.training.checkpoint import RUN_CONFIG_FILE, run_dir_of
 
 
 def resolve_checkpoints(target: Path) -> list[Path]:
@@ -47,9 +47,7 @@ def eval_config_for(checkpoint: Path, overrides: list[str]) -> EvalConfig:
 
 
 def default_results_path(checkpoint: Path) -> Path:
-    from lmm.eval.tensorboard import eval_log_dir
-
-    return eval_log_dir(checkpoint).parent.parent / RESULTS_FILE
+    return run_dir_of(checkpoint) / RESULTS_FILE
 
 
 class Evaluator:

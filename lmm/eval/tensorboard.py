@@ -7,14 +7,14 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from lmm.training.checkpoint import run_dir_of
+
 CHART_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
 
 
 def eval_log_dir(loaded_path: str | Path) -> Path:
     """``<run>/tensorboard/eval`` for a checkpoint, ``<export>/tensorboard/eval`` for an exported model."""
-    path = Path(loaded_path)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
-    return run_dir / "tensorboard" / "eval"
+    return run_dir_of(loaded_path) / "tensorboard" / "eval"
 
 
 def custom_scalars_layout(benchmarks: list[str], metrics: tuple[str, ...] = CHART_METRICS) -> dict:

@@ -15,6 +15,7 @@ from lmm.files import write_json_atomic
 
 META_FILE = "meta.json"
 RUN_CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass
@@ -29,7 +30,14 @@ class CheckpointMeta:
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a checkpoint (``<run>/checkpoints/global_stepN``); any other path (an exported
+    model) stands for itself."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CHECKPOINTS_DIR else path
 
 
 def tag_for(step: int) -> str:
@@ -62,8 +70,8 @@ def resume(engine, output_dir: str | Path) -> dict | None:
 def complete_checkpoints(output_dir_or_root: str | Path) -> list[Path]:
     """Complete checkpoints (those with meta.json), oldest first."""
     root = Path(output_dir_or_root)
-    if (root / "checkpoints").is_dir():
-        root = root / "checkpoints"
+    if (root / CHECKPOINTS_DIR).is_dir():
+        root = root / CHECKPOINTS_DIR
     found = [p.parent for p in root.glob(f"global_step*/{META_FILE}")]
     return sorted(found, key=lambda p: int(p.name.removeprefix("global_step")))
 
