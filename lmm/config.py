@@ -52,6 +52,8 @@ class LLMConfig:
     intermediate_size: int = 11008
     max_position_embeddings: int = 4096
     trainable: bool = False  # frozen by default; ``true`` is the paper's "fire the LLM" variant
+    # the rows the image markers add to a pretrained vocabulary train even when the decoder is frozen
+    train_image_markers: bool = True
     grad_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"  # transformers' switch
 
@@ -69,6 +71,9 @@ class ModelConfig:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # A frozen vision tower or decoder without ``pretrained`` weights is a config error: it would train against a
+    # random frozen network. Tests, benchmarks and tiny experiments opt in to random frozen weights here.
+    allow_random_frozen: bool = False
 
 
 @dataclass
@@ -316,6 +321,11 @@ def validate(config: ExperimentConfig) -> None:
                           f"({t.global_batch_size})")
     if not any([m.vision.trainable, m.bridge.trainable, m.llm.trainable]):
         raise ConfigError("config key 'model': every component is frozen; nothing would train")
+    for key, part in (("model.vision", m.vision), ("model.llm", m.llm)):
+        if not part.trainable and part.pretrained is None and not m.allow_random_frozen:
+            raise ConfigError(f"config key '{key}.pretrained': {key} is frozen but has no pretrained weights, so "
+                              f"the run would train against a random frozen network; set {key}.pretrained to a "
+                              f"local weight path (or model.allow_random_frozen=true for tests and tiny runs)")
 
 
 def total_steps(config: ExperimentConfig) -> int:

@@ -72,7 +72,7 @@ def test_checkpoints_are_evaluated_once_as_they_land(zero3_run, tmp_path):
 
 def fake_run(root: Path, steps: list[int], half_written: list[int] = ()) -> Path:
     """A run directory with config.json (4 steps in all) and checkpoint folders holding only meta.json."""
-    config = apply_overrides(ExperimentConfig().to_dict(), ["data.num_samples=64", "train.global_batch_size=16",
+    config = apply_overrides(ExperimentConfig().to_dict(), ["model.allow_random_frozen=true", "data.num_samples=64", "train.global_batch_size=16",
                                                             "train.micro_batch_size=4"])
     root.mkdir(parents=True)
     (root / RUN_CONFIG_FILE).write_text(json.dumps(config))

@@ -8,7 +8,8 @@ from lmm.training.deepspeed_config import build_deepspeed_config, gradient_accum
 @pytest.mark.parametrize("name,samples,warmup", [("10m", 10_000_000, 500), ("50m", 50_000_000, 1000),
                                                   ("100m", 100_000_000, 2000)])
 def test_paper_configs(name, samples, warmup):
-    config = load_config(REPO_ROOT / f"configs/capsfusion_{name}.yaml", ["data.caption_source=raw"])
+    config = load_config(REPO_ROOT / f"configs/capsfusion_{name}.yaml", ["data.caption_source=raw",
+                                                                          "model.allow_random_frozen=true"])
     assert config.data.num_samples == samples and config.train.warmup_steps == warmup
     assert config.train.global_batch_size == 8192 and config.train.lr == 3e-4 and config.train.min_lr == 3e-5
     assert config.model.vision.name == "EVA01-g-14" and config.model.llm.hidden_size == 4096
@@ -55,7 +56,7 @@ def test_gradient_accumulation_is_exact():
 
 
 def test_deepspeed_config_follows_experiment_config():
-    config = load_config(REPO_ROOT / "configs/capsfusion_100m.yaml", ["train.zero_stage=3"])
+    config = load_config(REPO_ROOT / "configs/capsfusion_100m.yaml", ["train.zero_stage=3", "model.allow_random_frozen=true"])
     ds = build_deepspeed_config(config, world_size=256)
     assert ds["train_batch_size"] == 8192 and ds["gradient_accumulation_steps"] == 1
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"] == {"enabled": True}
@@ -67,7 +68,7 @@ def test_deepspeed_config_follows_experiment_config():
 def test_paper_model_and_freezing_policy():
     """EVA01-CLIP-g-14 frozen -> Emu bridge (32 x 768, 12 blocks, 12 heads, FFN 3072) trained -> LLaMA-2-7B frozen;
     the "fire the LLM" run is one override."""
-    m = load_config(REPO_ROOT / "configs/capsfusion_50m.yaml").model
+    m = load_config(REPO_ROOT / "configs/capsfusion_50m.yaml", ["model.allow_random_frozen=true"]).model
     assert (m.vision.name, m.vision.trainable) == ("EVA01-g-14", False)
     b = m.bridge
     assert (b.num_queries, b.width, b.depth, b.heads, b.width * b.mlp_ratio, b.trainable) == (32, 768, 12, 12, 3072,
@@ -75,5 +76,5 @@ def test_paper_model_and_freezing_policy():
     llm = m.llm
     assert (llm.hidden_size, llm.num_layers, llm.num_heads, llm.intermediate_size, llm.trainable) == (4096, 32, 32,
                                                                                                      11008, False)
-    fired = load_config(REPO_ROOT / "configs/capsfusion_50m.yaml", ["model.llm.trainable=true"]).model.llm
+    fired = load_config(REPO_ROOT / "configs/capsfusion_50m.yaml", ["model.llm.trainable=true", "model.allow_random_frozen=true"]).model.llm
     assert fired.trainable

@@ -17,7 +17,7 @@ MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.convolution", "aten.con
 @pytest.mark.parametrize("vision,llm", [(False, False), (False, True), (True, True)])
 def test_matmul_flops_equal_torch_flop_counter(tokenizer, vision, llm):
     """Paper policy (tower and decoder frozen), "fire the LLM", and everything trained."""
-    config = load_config(REPO_ROOT / "configs/demo.yaml", [
+    config = load_config(REPO_ROOT / "configs/demo.yaml", ["model.allow_random_frozen=true", 
         "model.bridge.num_queries=8", "model.bridge.width=64", "model.bridge.depth=2", "model.bridge.heads=2",
         "model.llm.hidden_size=128", "model.llm.num_layers=2", "model.llm.num_heads=4",
         "model.llm.intermediate_size=344", "data.max_caption_tokens=24",
@@ -45,7 +45,7 @@ def test_matmul_flops_equal_torch_flop_counter(tokenizer, vision, llm):
 
 def test_paper_scale_flops_per_sample():
     """EVA01-g (forward only) + bridge (trained) + LLaMA-2-7B (frozen, activation gradients) at 100 tokens."""
-    config = load_config(REPO_ROOT / "configs/capsfusion_10m.yaml")
+    config = load_config(REPO_ROOT / "configs/capsfusion_10m.yaml", ["model.allow_random_frozen=true"])
     shape = model_shape(config)
     flops = training_flops(shape)
     assert shape.seq_len == 100

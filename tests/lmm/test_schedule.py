@@ -10,7 +10,7 @@ from lmm.training.deepspeed_config import build_deepspeed_config
 @pytest.mark.parametrize("scale,warmup", [("10m", 500), ("100m", 2000)])
 def test_paper_schedule(scale, warmup):
     """Linear warmup to 3e-4 at the end of warmup, cosine down to 3e-5 at the last step (DeepSpeed's scheduler)."""
-    config = load_config(REPO_ROOT / f"configs/capsfusion_{scale}.yaml")
+    config = load_config(REPO_ROOT / f"configs/capsfusion_{scale}.yaml", ["model.allow_random_frozen=true"])
     ds = build_deepspeed_config(config, world_size=256)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=ds["optimizer"]["params"]["lr"])
     schedule = WarmupCosineLR(optimizer, **ds["scheduler"]["params"])

@@ -68,4 +68,4 @@ def test_tf32_switch_sets_cuda_matmul_flags(monkeypatch):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-    assert load_config(REPO_ROOT / "configs/capsfusion_10m.yaml").train.tf32
+    assert load_config(REPO_ROOT / "configs/capsfusion_10m.yaml", ["model.allow_random_frozen=true"]).train.tf32
