@@ -13,6 +13,7 @@ setup(
         "torchvision",
         "deepspeed>=0.16",
         "transformers>=4.46",
+        "accelerate>=1.1.0",  # transformers' DeepSpeed ZeRO-3 integration (HfDeepSpeedConfig)
         "webdataset>=0.2.90",
         "open_clip_torch>=2.26",
         "timm>=1.0",

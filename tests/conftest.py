@@ -78,3 +78,53 @@ def zero3_run(demo_world, tmp_path_factory) -> Path:
                                                     "data.num_samples=32", "train.checkpoint_every=1")],
              capture=True, timeout=900)
     return run_dir
+
+
+# The decoder / tower sizes of the pretrained files below (model.llm.* must match a LLaMA directory's config.json).
+PRETRAINED_LLM_SIZES = ["model.llm.hidden_size=32", "model.llm.num_layers=2", "model.llm.num_heads=2",
+                        "model.llm.intermediate_size=64"]
+
+
+@pytest.fixture(scope="session")
+def saved_clip():
+    """A tiny open_clip EVA CLIP whose weights the tests write in open_clip's file formats."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(1)
+    return open_clip.create_model("EVA01-tiny-14").eval()
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tokenizer, tmp_path_factory):
+    """A Hugging Face LLaMA directory: sharded safetensors + index, config.json, sentencepiece tokenizer.model."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(2)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.sp.get_piece_size(), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                       tie_word_embeddings=False)).eval()
+    path = tmp_path_factory.mktemp("llama")
+    llm.save_pretrained(path, safe_serialization=True, max_shard_size="40KB")
+    shutil.copy(tokenizer.model_file, path / "tokenizer.model")
+    assert (path / "model.safetensors.index.json").is_file()
+    return path, llm
+
+
+@pytest.fixture(scope="session")
+def clip_file(saved_clip, tmp_path_factory):
+    """``saved_clip`` as open_clip publishes it: ``open_clip_model.safetensors`` (whole CLIP, ``visual.trunk.*``)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("clip") / "open_clip_model.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in saved_clip.state_dict().items()}, str(path))
+    return path
+
+
+def frozen_pretrained_overrides(llama_path: Path, clip_path: Path) -> list[str]:
+    """The paper's freezing policy on the tiny pretrained files: tower and decoder frozen and read from files."""
+    return [*PRETRAINED_LLM_SIZES, "model.vision.trainable=false", "model.llm.trainable=false",
+            f"model.vision.pretrained={clip_path}", f"model.llm.pretrained={llama_path}"]

@@ -66,6 +66,10 @@ class CausalBridge(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.queries, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """Learned queries are embeddings: no weight decay (timm's convention, read by the optimizer groups)."""
+        return {"queries"}
+
     def forward(self, visual: torch.Tensor) -> torch.Tensor:
         visual = self.visual_norm(visual)
         x = self.queries.expand(visual.shape[0], -1, -1).to(visual.dtype)

@@ -1,14 +1,23 @@
-"""LLaMA decoder (transformers ``LlamaForCausalLM``): a local Hugging Face directory, or random init from sizes."""
+"""LLaMA decoder (transformers ``LlamaForCausalLM``): a local Hugging Face directory, or random init from sizes.
+
+A pretrained decoder is built without initialising anything (transformers' ``no_init_weights``, the mechanism its
+DeepSpeed integration uses) directly in the run's dtype, and filled tensor by tensor from the safetensors files
+(``lmm.models.safetensors_reader``): no fp32 copy, no second model, peak host memory ~ the bytes it holds.
+"""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.initialization import no_init_weights
 
 from lmm.config import LLMConfig
-from lmm.models.weights import WeightsMismatchError, check_tensor_shapes, safetensors_files, safetensors_shapes, \
-    state_shapes
+from lmm.models.marker_rows import add_marker_rows
+from lmm.models.partitioned import is_partitioned, load_partitioned, partitioned_construction, safetensors_fetch
+from lmm.models.safetensors_reader import load_into, tensor_entries
+from lmm.models.weights import WeightsMismatchError, check_tensor_shapes, safetensors_files, state_shapes
 from lmm.tokenizer import IMAGE_MARKERS, CaptionTokenizer
 
 # LLMConfig field -> LlamaConfig field that must agree when a pretrained directory is given
@@ -16,15 +25,18 @@ _SIZE_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
                 "intermediate_size": "intermediate_size"}
 
 
-def build_llm(config: LLMConfig, tokenizer: CaptionTokenizer) -> LlamaForCausalLM:
-    """Load or create the decoder and size its vocabulary to the tokenizer's (image markers included)."""
+def build_llm(config: LLMConfig, tokenizer: CaptionTokenizer, dtype: torch.dtype = torch.float32,
+              zero3_config: dict | None = None) -> LlamaForCausalLM:
+    """Load (in ``dtype``; partitioned as it is built under a ZeRO-3 ``zero3_config``) or create (fp32, random)
+    the decoder and size its vocabulary to the tokenizer's (image markers included; separate trainable rows when
+    the decoder is frozen and ``train_image_markers`` is set)."""
     check_attn_implementation(config.attn_implementation)
     if config.pretrained is not None:
-        llm = load_pretrained_llm(config, tokenizer)
+        llm = load_pretrained_llm(config, tokenizer, dtype, zero3_config)
     else:
         llm = LlamaForCausalLM(llama_config(config, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id,
                                             tokenizer.pad_id))
-    resize_with_mean_init(llm, tokenizer.vocab_size)
+    add_marker_rows(llm, tokenizer.vocab_size, separate=separate_marker_rows(config))
     if config.grad_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return llm
@@ -67,8 +79,16 @@ def pretrained_tokenizer_file(config: LLMConfig) -> Path:
     return model_file
 
 
-def load_pretrained_llm(config: LLMConfig, tokenizer: CaptionTokenizer) -> LlamaForCausalLM:
-    """``from_pretrained`` on a local directory after checking every tensor's shape from the safetensors headers."""
+def separate_marker_rows(config: LLMConfig) -> bool:
+    """New image-marker rows are trained on their own when the decoder itself is frozen."""
+    return config.train_image_markers and not config.trainable
+
+
+def load_pretrained_llm(config: LLMConfig, tokenizer: CaptionTokenizer, dtype: torch.dtype = torch.float32,
+                        zero3_config: dict | None = None) -> LlamaForCausalLM:
+    """A local Hugging Face directory in ``dtype``, after checking every tensor's shape from the safetensors
+    headers; built uninitialised and filled from the files (what ``from_pretrained`` does, without its mapped-page
+    peak on a dtype change)."""
     path = Path(config.pretrained)
     hf_config = pretrained_llama_config(config)
     pieces = tokenizer.vocab_size - len(IMAGE_MARKERS)
@@ -79,12 +99,35 @@ def load_pretrained_llm(config: LLMConfig, tokenizer: CaptionTokenizer) -> Llama
     with torch.device("meta"):
         skeleton = LlamaForCausalLM(hf_config)
     expected = state_shapes(skeleton.state_dict())
-    if hf_config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
-    check_tensor_shapes(expected, safetensors_shapes(safetensors_files(path, "model.llm.pretrained")),
+    tied = ("lm_head.weight",) if hf_config.tie_word_embeddings else ()
+    for name in tied:
+        expected.pop(name, None)
+    entries = tensor_entries(safetensors_files(path, "model.llm.pretrained"))
+    check_tensor_shapes(expected, {name: entry.shape for name, entry in entries.items()},
                         f"model.llm.pretrained {path}", ignore_unexpected=("rotary_emb.inv_freq",))
-    return LlamaForCausalLM.from_pretrained(path, attn_implementation=config.attn_implementation,
-                                            dtype=torch.float32)
+    hf_config._attn_implementation = config.attn_implementation
+    hf_config.dtype = dtype
+    # storage is allocated, not initialised: every tensor is read from the files next
+    with no_init_weights(), partitioned_construction(zero3_config, dtype), local_default_dtype(dtype):
+        llm = LlamaForCausalLM(hf_config)
+    if is_partitioned(llm):
+        load_partitioned(llm, safetensors_fetch(entries, dtype), skip=tied)
+    else:
+        load_into(llm, entries, dtype, skip=tied)
+    if tied:
+        llm.tie_weights()
+    return llm.eval()
+
+
+@contextlib.contextmanager
+def local_default_dtype(dtype: torch.dtype):
+    """Modules constructed inside get ``dtype`` parameters (what ``from_pretrained(dtype=...)`` does)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def check_attn_implementation(name: str) -> None:
@@ -94,16 +137,3 @@ def check_attn_implementation(name: str) -> None:
         if not is_flash_attn_2_available():
             raise ValueError("config key 'model.llm.attn_implementation': flash_attention_2 needs the flash-attn "
                              "package and a CUDA GPU, which this machine lacks; use sdpa")
-
-
-@torch.no_grad()
-def resize_with_mean_init(llm: LlamaForCausalLM, vocab_size: int) -> None:
-    """Grow input/output embeddings to ``vocab_size``; new rows are the mean of the old ones (as Emu does)."""
-    old = llm.get_input_embeddings().weight.shape[0]
-    if old == vocab_size:
-        return
-    if old > vocab_size:
-        raise ValueError(f"decoder vocabulary ({old}) is larger than the tokenizer's ({vocab_size})")
-    llm.resize_token_embeddings(vocab_size, mean_resizing=False)
-    for emb in (llm.get_input_embeddings().weight, llm.get_output_embeddings().weight):
-        emb[old:] = emb[:old].mean(dim=0, keepdim=True)

@@ -9,6 +9,7 @@ from torch import nn
 from lmm.config import ModelConfig
 from lmm.models.bridge import CausalBridge
 from lmm.models.llm import build_llm
+from lmm.models.marker_rows import marker_row_parameters
 from lmm.models.vision import VisionTower, build_vision_tower
 from lmm.tokenizer import CaptionTokenizer
 
@@ -56,14 +57,37 @@ class LMM(nn.Module):
         return [[t for t in row.tolist() if t != self.pad_id] for row in out]
 
 
-def build_lmm(config: ModelConfig, tokenizer: CaptionTokenizer) -> LMM:
-    """Materialise the three components and apply the freeze flags."""
-    vision = build_vision_tower(config.vision)
-    llm = build_llm(config.llm, tokenizer)
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype weights are held in for a ``train.precision`` (``bf16`` or ``fp32``)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def build_lmm(config: ModelConfig, tokenizer: CaptionTokenizer, dtype: torch.dtype = torch.float32,
+              zero3_config: dict | None = None) -> LMM:
+    """Materialise the three components and apply the freeze flags.
+
+    Pretrained weights are read straight into ``dtype`` (the run's precision: no fp32 copy of a frozen 7B decoder);
+    under ZeRO-3 (``zero3_config``, the run's DeepSpeed config) pretrained components are partitioned over the
+    ranks as they are built (``lmm.models.partitioned``). Frozen random components (``model.allow_random_frozen``)
+    are cast to ``dtype``; randomly initialised trainable ones stay fp32 for DeepSpeed, which casts them and keeps
+    fp32 master weights. The tower is built before the decoder, so its load peak passes before the decoder's bytes
+    are held.
+    """
+    hf_zero3 = None
+    if zero3_config is not None:  # transformers' switch for its own ZeRO-3 paths (resizing a partitioned vocab)
+        from transformers.integrations import HfDeepSpeedConfig
+        hf_zero3 = HfDeepSpeedConfig(zero3_config)
+    vision = build_vision_tower(config.vision, dtype=dtype, zero3_config=zero3_config)
+    llm = build_llm(config.llm, tokenizer, dtype, zero3_config)
+    del hf_zero3
     bridge = CausalBridge(config.bridge, vision_width=vision.width, out_width=llm.config.hidden_size)
     for module, trainable in ((vision, config.vision.trainable), (bridge, config.bridge.trainable),
                               (llm, config.llm.trainable)):
         module.requires_grad_(trainable)
+        if not trainable and any(p.dtype != dtype for p in module.parameters()):
+            module.to(dtype)
+    for row in marker_row_parameters(llm):  # separate image-marker rows train with a frozen decoder
+        row.requires_grad_(True)
     return LMM(vision, bridge, llm, tokenizer)
 
 
@@ -79,3 +103,13 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     for kind in ("trainable", "frozen"):
         counts[f"total/{kind}"] = sum(v for k, v in list(counts.items()) if k.endswith(f"/{kind}"))
     return counts
+
+
+def held_parameters(model: nn.Module) -> dict[str, int]:
+    """Per component: parameter elements this rank holds right now (its partitions under ZeRO-3) and in all."""
+    held = {}
+    for name, child in model.named_children():
+        params = list(child.parameters())
+        held[name] = {"held": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params),
+                      "total": sum(getattr(p, "ds_numel", None) or p.numel() for p in params)}
+    return held

@@ -51,17 +51,6 @@ def safetensors_files(directory: Path, what: str) -> list[Path]:
     raise FileNotFoundError(f"{what}: {directory} has neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX}")
 
 
-def safetensors_shapes(files: Iterable[Path]) -> dict[str, tuple]:
-    """Tensor name -> shape, read from the safetensors headers only (no tensor data is loaded)."""
-    from safetensors import safe_open
-
-    shapes = {}
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
 def state_shapes(state: Mapping) -> dict[str, tuple]:
-    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+    """Name -> shape; a ZeRO-3 partitioned parameter (``state_dict(keep_vars=True)``) reports its whole shape."""
+    return {name: tuple(getattr(tensor, "ds_shape", tensor.shape)) for name, tensor in state.items()}

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO_ROOT
-from lmm.config import load_config
+from lmm.config import ConfigError, load_config
+from lmm.models.marker_rows import add_marker_rows, marker_row_parameters, merge_marker_rows
 from lmm.models.lmm import GenerationSettings, build_lmm, parameter_counts
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
 
@@ -71,21 +72,34 @@ def test_generation_with_kv_cache_matches_full_recompute(model_and_layout, beams
 
 def test_freeze_flags(tokenizer):
     config = load_config(REPO_ROOT / "configs/demo.yaml", TINY + ["model.vision.trainable=false",
-                                                                  "model.llm.trainable=false"])
+                                                                  "model.llm.trainable=false",
+                                                                  "model.allow_random_frozen=true"])
     counts = parameter_counts(build_lmm(config.model, tokenizer))
     assert counts["vision/trainable"] == 0 and counts["llm/trainable"] == 0
     assert counts["bridge/frozen"] == 0 and counts["bridge/trainable"] > 0 and counts["llm/frozen"] > 0
 
 
-def test_new_marker_embeddings_are_mean_initialised(tokenizer):
+def test_frozen_components_without_weights_are_a_config_error():
+    for frozen in ("vision", "llm"):
+        with pytest.raises(ConfigError, match=f"config key 'model.{frozen}.pretrained': model.{frozen} is frozen"):
+            load_config(REPO_ROOT / "configs/demo.yaml", TINY + [f"model.{frozen}.trainable=false"])
+    with pytest.raises(ConfigError, match="config key 'model.vision.pretrained'"):
+        load_config(REPO_ROOT / "configs/capsfusion_10m.yaml")
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_new_marker_rows_are_mean_initialised(tokenizer, separate):
     config = load_config(REPO_ROOT / "configs/demo.yaml", TINY)
     llm = build_lmm(config.model, tokenizer).llm
-    emb = llm.get_input_embeddings().weight
-    assert emb.shape[0] == tokenizer.vocab_size
-    # build_llm creates the decoder with the sentencepiece vocabulary sized exactly, so resize is a no-op;
-    # the pretrained path grows it: check that path directly
-    from lmm.models.llm import resize_with_mean_init
-    old = emb.shape[0]
-    resize_with_mean_init(llm, old + 2)
-    new = llm.get_input_embeddings().weight
-    assert torch.allclose(new[old], new[:old].mean(0), atol=1e-6)
+    old = llm.get_input_embeddings().weight.shape[0]
+    base_in = llm.get_input_embeddings().weight.detach().clone()
+    add_marker_rows(llm, old + 2, separate=separate)
+    ids = torch.tensor([[3, old, old + 1, 5]])
+    embedded = llm.get_input_embeddings()(ids)[0]
+    assert torch.allclose(embedded[1], base_in.mean(0), atol=1e-6) and torch.equal(embedded[1], embedded[2])
+    assert torch.equal(embedded[0], base_in[3])
+    logits = llm(input_ids=ids).logits
+    assert logits.shape[-1] == old + 2 and llm.config.vocab_size == old + 2
+    assert len(marker_row_parameters(llm)) == (2 if separate else 0)
+    merge_marker_rows(llm)
+    assert torch.allclose(llm(input_ids=ids).logits, logits, atol=1e-5) and not marker_row_parameters(llm)

@@ -3,13 +3,12 @@ the config path and reproduce the saved models' outputs; missing or mismatched f
 import json
 import shutil
 
-import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import REPO_ROOT
+from conftest import PRETRAINED_LLM_SIZES as LLM_SIZES, REPO_ROOT
 from lmm.config import VisionConfig, load_config
 from lmm.distributed import DistEnv
 from lmm.models.lmm import build_lmm
@@ -18,15 +17,7 @@ from lmm.models.weights import WeightsMismatchError
 from lmm.tokenizer import CaptionTokenizer
 from lmm.training.trainer import prepare_tokenizer
 
-LLM_SIZES = ["model.llm.hidden_size=32", "model.llm.num_layers=2", "model.llm.num_heads=2",
-             "model.llm.intermediate_size=64"]
 BRIDGE = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2"]
-
-
-@pytest.fixture(scope="module")
-def saved_clip():
-    torch.manual_seed(1)
-    return open_clip.create_model("EVA01-tiny-14").eval()
 
 
 def write_clip(clip, path, fmt):
@@ -67,21 +58,6 @@ def test_vision_checkpoint_errors_name_the_problem(saved_clip, tmp_path):
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         build_vision_tower(VisionConfig(name="EVA01-tiny-14", pretrained=str(tmp_path / "notes.pt")))
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tokenizer, tmp_path_factory):
-    """A Hugging Face LLaMA directory: sharded safetensors + index, config.json, sentencepiece tokenizer.model."""
-    torch.manual_seed(2)
-    pieces = tokenizer.sp.get_piece_size()
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=pieces, hidden_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-                                       tie_word_embeddings=False)).eval()
-    path = tmp_path_factory.mktemp("llama")
-    llm.save_pretrained(path, safe_serialization=True, max_shard_size="40KB")
-    shutil.copy(tokenizer.model_file, path / "tokenizer.model")
-    assert (path / "model.safetensors.index.json").is_file()
-    return path, llm
 
 
 def paper_like_config(tmp_path, llama_path, *extra):

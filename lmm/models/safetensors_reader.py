@@ -1,0 +1,143 @@
+"""Read safetensors tensors straight into freshly allocated tensors of the run's dtype, one tensor at a time.
+
+Why not ``from_pretrained`` or safetensors' own mmap loader: every page of a memory-mapped shard that is touched
+while converting stays resident until the shard is closed, so a dtype-converting load peaks at the model's bytes
+plus the mapped shards. Measured at LLaMA-1B shape (an fp16 directory loaded as bf16, transformers 5.24):
+``from_pretrained`` peaks at 1.96x the bytes the model holds; this reader, which reads each tensor with plain file
+reads into its destination (or into one scratch buffer when the dtype differs), stays within held + the largest
+tensor (``benchmarks/build_memory.py``, BENCHMARKS.md). Plain reads go through the page cache, which the ranks of a
+node share, so N ranks reading the same files read them from disk once and hold no mapped copies.
+
+The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length, a JSON header
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data buffer.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own bound
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: file, dtype, shape and absolute byte range."""
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where its data buffer starts."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: not a safetensors file (header length {length})")
+        text = handle.read(length)
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a safetensors file (bad header: {err})") from None
+    return header, 8 + length
+
+
+def tensor_entries(files: Iterable[str | Path]) -> dict[str, TensorEntry]:
+    """Every tensor of ``files`` (one model's shards) by name, from the headers only."""
+    entries = {}
+    for path in map(Path, files):
+        header, data_start = read_header(path)
+        size = path.stat().st_size
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in DTYPES:
+                raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
+            begin, end = (data_start + offset for offset in info["data_offsets"])
+            if end > size:
+                raise ValueError(f"{path}: tensor '{name}' ends at byte {end} but the file has {size} "
+                                 "(truncated file?)")
+            entries[name] = TensorEntry(path, DTYPES[info["dtype"]], tuple(info["shape"]), begin, end)
+    return entries
+
+
+def read_tensor(entry: TensorEntry, dtype: torch.dtype, handle=None, scratch: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """One tensor in ``dtype``: read into its destination directly when the file holds that dtype, else into
+    ``scratch`` (grown as needed) and converted."""
+    out = torch.empty(entry.shape, dtype=dtype)
+    target = out if entry.dtype == dtype else _scratch_view(scratch, entry)
+    nbytes = entry.end - entry.begin
+    if nbytes:
+        own = handle is None
+        handle = open(entry.path, "rb") if own else handle
+        try:
+            handle.seek(entry.begin)
+            view = memoryview(target.view(-1).view(torch.uint8).numpy())
+            if handle.readinto(view) != nbytes:
+                raise ValueError(f"{entry.path}: short read at byte {entry.begin} (truncated file?)")
+        finally:
+            if own:
+                handle.close()
+    if target is not out:
+        out.copy_(target.view(entry.shape))
+    return out
+
+
+def _scratch_view(scratch: torch.Tensor | None, entry: TensorEntry) -> torch.Tensor:
+    numel = 1
+    for dim in entry.shape:
+        numel *= dim
+    if scratch is None:
+        return torch.empty(numel, dtype=entry.dtype)
+    nbytes = numel * torch.empty((), dtype=entry.dtype).element_size()
+    if scratch.numel() < nbytes:
+        scratch.resize_(nbytes)
+    return scratch[:nbytes].view(entry.dtype)
+
+
+def iter_tensors(entries: dict[str, TensorEntry], dtype: torch.dtype,
+                 names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor in dtype)`` for ``names`` (default: all), in file order, reusing one scratch buffer."""
+    chosen = sorted(names if names is not None else entries, key=lambda n: (str(entries[n].path), entries[n].begin))
+    scratch = torch.empty(0, dtype=torch.uint8)
+    handles: dict[Path, object] = {}
+    try:
+        for name in chosen:
+            entry = entries[name]
+            if entry.path not in handles:
+                for old in handles.values():
+                    old.close()
+                handles = {entry.path: open(entry.path, "rb")}
+            own_dtype = dtype if entry.dtype.is_floating_point else entry.dtype  # never convert integer tensors
+            yield name, read_tensor(entry, own_dtype, handles[entry.path], scratch)
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def load_into(module: torch.nn.Module, entries: dict[str, TensorEntry], dtype: torch.dtype,
+              rename: Callable[[str], str] = lambda name: name, skip: Iterable[str] = ()) -> None:
+    """Fill every parameter and persistent buffer of ``module`` but ``skip`` from ``entries`` (file name =
+    ``rename(own name)``), floating-point ones in ``dtype``, replacing the module's tensors (so it works on
+    meta-device skeletons). Shapes and names must have been checked (``lmm.models.weights.check_tensor_shapes``)."""
+    skip = set(skip)
+    wanted = {rename(name): name for name in module.state_dict() if name not in skip}
+    state = {wanted[file_name]: tensor for file_name, tensor in iter_tensors(entries, dtype, wanted)}
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    if set(missing) != skip or unexpected:
+        raise RuntimeError(f"weights not filled: missing {sorted(set(missing) - skip)[:5]}, unexpected "
+                           f"{unexpected[:5]}")
