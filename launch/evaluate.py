@@ -59,9 +59,13 @@ class Evaluator:
     def plan(self, checkpoint: Path):
         """(eval config, benchmark targets) for ``checkpoint``; raises ConfigError on a bad protocol."""
         from lmm.eval.evaluation import resolve_benchmarks
+        from lmm.eval.loading import check_loadable
 
         eval_config = eval_config_for(checkpoint, self.overrides)
-        return eval_config, resolve_benchmarks(eval_config, self.benchmarks)
+        targets = resolve_benchmarks(eval_config, self.benchmarks)
+        if checkpoint.is_dir():
+            check_loadable(checkpoint)
+        return eval_config, targets
 
     def results_path(self, checkpoint: Path) -> Path:
         return self.results or default_results_path(checkpoint)
@@ -79,13 +83,15 @@ class Evaluator:
         return True
 
     def __call__(self, checkpoint: Path) -> None:
+        from lmm.eval.captioning import eval_device_and_dtype
         from lmm.eval.evaluation import evaluate_benchmark, prepare_model
         from lmm.eval.loading import load_eval_model
         from lmm.eval.results import upsert_result
         from lmm.eval.tensorboard import eval_log_dir, log_eval_record
 
         eval_config, targets = self.plan(checkpoint)
-        loaded = prepare_model(load_eval_model(checkpoint), eval_config, self.env.local_rank)
+        _, dtype = eval_device_and_dtype(eval_config, self.env.local_rank)
+        loaded = prepare_model(load_eval_model(checkpoint, dtype), eval_config, self.env.local_rank)
         for target in targets:
             record = evaluate_benchmark(loaded, eval_config, target, self.env.rank, self.env.world_size)
             if record is None:

@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no complete checkpoint (with {META_FILE}) under {args.target}", file=sys.stderr)
         return 2
     from lmm.export import export_checkpoint
-    marker = export_checkpoint(found[-1], args.out)
+    from lmm.training.frozen_weights import FrozenWeightsError
+    try:
+        marker = export_checkpoint(found[-1], args.out)
+    except FrozenWeightsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"exported {found[-1]} -> {marker.parent}", flush=True)
     return 0
 

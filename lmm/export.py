@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from lmm.config import config_from_dict
 from lmm.files import write_json_atomic
-from lmm.models.lmm import LMM, build_lmm
+from lmm.models.lmm import LMM, build_lmm, precision_dtype
+from lmm.models.marker_rows import merge_marker_rows
 from lmm.models.weights import check_tensor_shapes, state_shapes
 from lmm.tokenizer import CaptionTokenizer
 
@@ -44,11 +45,13 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the consolidated parts of one complete checkpoint to ``out_dir``; returns the marker file."""
     from lmm.eval.loading import load_eval_model, saved_run_config
 
-    loaded = load_eval_model(checkpoint_dir)
-    model, meta = loaded.model, loaded.meta
     config = config_from_dict(saved_run_config(checkpoint_dir))
+    # one build: frozen parts in the run's precision from their files, trained parts (fp32) from the checkpoint
+    loaded = load_eval_model(checkpoint_dir, precision_dtype(config.train.precision))
+    model, meta = loaded.model, loaded.meta
     out = Path(out_dir)
     (out / EXPORT_MARKER).unlink(missing_ok=True)  # an interrupted re-export must not look complete
+    merge_marker_rows(model.llm)  # trained image-marker rows become rows of the exported vocabulary
     model.llm.save_pretrained(out / "llm", safe_serialization=True)
     shutil.copyfile(config.model.tokenizer.path, out / "llm" / TOKENIZER_FILE)
     _save_tensors(model.bridge.state_dict(), out / "bridge" / WEIGHTS_FILE)

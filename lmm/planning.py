@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -144,6 +143,19 @@ def model_state_bytes(shape: ModelShape, stage: int, nodes: int, gpus_per_node: 
     return int(states + (weight * frozen / n if stage == 3 else weight * frozen))
 
 
+def checkpoint_bytes(trainable: int, frozen: int, precision: str, stage: int, lean: bool) -> int:
+    """Bytes of one DeepSpeed checkpoint, all ranks' files together (tensor data; pickling adds a few KB).
+
+    Trainable parameters: the fp32 master copy and two fp32 Adam moments (12 bytes) in the optimizer files, plus the
+    module's own copy in the model file below ZeRO-3 (2 bytes bf16, 4 fp32; ZeRO-3 stores no module copy). Frozen
+    parameters: once, in the training precision -- or not at all in a lean checkpoint (``exclude_frozen_parameters``).
+    Checked against a real lean ZeRO-3 checkpoint in ``tests/lmm/test_zero3_freeze_and_export.py``.
+    """
+    param_bytes = 2 if precision == "bf16" else 4
+    per_trainable = 12 + (param_bytes if stage < 3 else 0)
+    return trainable * per_trainable + (0 if lean else frozen * param_bytes)
+
+
 @dataclass
 class Activations:
     """Bytes per sample kept for backward, and bytes per sample alive only transiently (one layer / the logits)."""
@@ -206,6 +218,8 @@ class Plan:
     accumulation: int
     global_batch: int
     per_gpu_gb: float
+    checkpoint_gb: float  # one checkpoint as the run writes it (lean when every frozen part comes from a file)
+    checkpoint_gb_with_frozen: float  # the same checkpoint holding the frozen weights too
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -263,9 +277,13 @@ def make_plan(config: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_
         notes.append(f"config has train.micro_batch_size={t.micro_batch_size}; the plan uses {micro}")
     per_gpu = per_gpu_bytes(model_state_bytes(shape, t.zero_stage, nodes, gpus_per_node, t.precision),
                             as_configured, micro, headroom_gb)
+    from lmm.training.frozen_weights import frozen_sources
+    lean = all(path is not None for path in frozen_sources(m).values())
+    sizes = [checkpoint_bytes(shape.trainable_params, shape.frozen_params, t.precision, t.zero_stage, keep)
+             for keep in (lean, False)]
     return Plan(config_name, nodes, gpus_per_node, gpu_mem_gb, headroom_gb, shape.params, shape.trainable_params,
                 shape.frozen_params, stages, t.zero_stage, ckpt, micro, per_gpu_batch // micro, global_batch,
-                per_gpu / GIB, notes)
+                per_gpu / GIB, sizes[0] / GIB, sizes[1] / GIB, notes)
 
 
 def format_plan(plan: Plan) -> str:
@@ -284,6 +302,8 @@ def format_plan(plan: Plan) -> str:
     lines += ["", f"chosen: ZeRO-{plan.zero_stage}, gradient checkpointing {checkpointing}, micro-batch "
                   f"{plan.micro_batch} x accumulation {plan.accumulation} x {plan.nodes * plan.gpus_per_node} GPUs "
                   f"= global batch {plan.global_batch}; estimated {plan.per_gpu_gb:.1f} GB per GPU",
-              "overrides: " + " ".join(plan.overrides)]
+              "overrides: " + " ".join(plan.overrides),
+              f"checkpoint: {plan.checkpoint_gb:.2f} GB each (frozen weights included: "
+              f"{plan.checkpoint_gb_with_frozen:.2f} GB)"]
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Load a model for eval: a DeepSpeed checkpoint of any ZeRO stage, or an exported model directory.
 
-A DeepSpeed checkpoint (``<run>/checkpoints/global_stepN`` with ``meta.json``) is consolidated into one fp32
-state dict with DeepSpeed's own ``zero_to_fp32`` utilities, whatever the stage and the training world size, and
-loaded into the model rebuilt from the run's saved ``config.json``. A directory holding ``lmm_export.json`` is an
+A DeepSpeed checkpoint (``<run>/checkpoints/global_stepN`` with ``meta.json``) is built once: the model from the
+run's saved ``config.json`` with its frozen parts read from their pretrained files in the eval dtype (after
+``frozen_weights.verify`` proved them unchanged), then the checkpoint's weights -- only the trained ones for a lean
+checkpoint -- consolidated with DeepSpeed's own ``zero_to_fp32``, whatever the stage and the training world size. A directory holding ``lmm_export.json`` is an
 exported model and goes through ``lmm.export.load_exported``; its run identity comes from that file's ``meta``
 (or top level) and its eval protocol from the ``config`` it carries, if any.
 """
@@ -12,10 +13,13 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
+
 from lmm.config import config_from_dict
 from lmm.export import EXPORT_MARKER, load_exported
 from lmm.models.lmm import LMM, build_lmm
 from lmm.tokenizer import CaptionTokenizer
+from lmm.training import frozen_weights
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE, CheckpointMeta, read_meta
 
 
@@ -50,24 +54,40 @@ def saved_run_config(path: str | Path) -> dict:
     return json.loads(run_config.read_text())
 
 
-def load_eval_model(path: str | Path) -> EvalModel:
+def load_eval_model(path: str | Path, dtype: torch.dtype = torch.float32) -> EvalModel:
+    """The model of a checkpoint or export; a checkpoint's frozen parts are built in ``dtype``."""
     path = Path(path)
     if is_export(path):
         return _load_export(path)
     if not (path / META_FILE).is_file():
         raise FileNotFoundError(f"{path} is neither a complete checkpoint (no {META_FILE}) nor an exported model "
                                 f"(no {EXPORT_MARKER})")
-    return _load_deepspeed(path)
+    return _load_deepspeed(path, dtype)
 
 
-def _load_deepspeed(checkpoint: Path) -> EvalModel:
+def check_loadable(path: str | Path) -> None:
+    """Cheap checks before any weight is read: a lean checkpoint's frozen weight files are present and unchanged
+    (FrozenWeightsError otherwise)."""
+    path = Path(path)
+    if not is_export(path) and frozen_weights.excludes_frozen(path):
+        frozen_weights.verify(path, config_from_dict(saved_run_config(path)).model)
+
+
+def _load_deepspeed(checkpoint: Path, dtype: torch.dtype) -> EvalModel:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     config = config_from_dict(saved_run_config(checkpoint))
+    lean = frozen_weights.excludes_frozen(checkpoint)
+    frozen_weights.verify(checkpoint, config.model)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
-    model = build_lmm(config.model, tokenizer)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-    model.load_state_dict(state, strict=True)
+    model = build_lmm(config.model, tokenizer, dtype)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
+                                                     exclude_frozen_parameters=lean)
+    missing, unexpected = model.load_state_dict(state, strict=not lean)
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    if unexpected or not set(missing) <= frozen:
+        raise RuntimeError(f"{checkpoint} does not fit the run's model: unexpected {unexpected[:5]}, missing "
+                           f"trained tensors {sorted(set(missing) - frozen)[:5]}")
     return EvalModel(model.eval(), tokenizer, read_meta(checkpoint), checkpoint)
 
 

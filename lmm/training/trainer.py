@@ -19,13 +19,14 @@ from lmm import distributed
 from lmm.config import ExperimentConfig, stop_step
 from lmm.files import write_json_atomic
 from lmm.models.llm import pretrained_tokenizer_file
-from lmm.models.lmm import LMM, build_lmm, parameter_counts
+from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
 from lmm.tokenizer import CaptionTokenizer, train_tokenizer
-from lmm.training import checkpoint
+from lmm.training import checkpoint, frozen_weights
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
+from lmm.training.optimizer_groups import parameter_groups
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
 from lmm.training.preemption import STOP, StopOutcome, StopRequest, requeue
 
@@ -60,11 +61,15 @@ def prepare_tokenizer(config: ExperimentConfig, env: distributed.DistEnv) -> Exp
                                                                          path=str(model_file))))
 
 
-def build_engine(config: ExperimentConfig, model: LMM, world_size: int):
-    """DeepSpeed engine over the trainable parameters only (frozen ones never reach the optimizer)."""
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_deepspeed_config(config, world_size))
+def build_engine(config: ExperimentConfig, model: LMM, world_size: int, is_main: bool = False,
+                 ds_config: dict | None = None):
+    """DeepSpeed engine over the trainable parameters only (frozen ones never reach the optimizer), in two AdamW
+    groups: weight decay on weight matrices, none on biases, norms, embeddings and learned queries."""
+    groups, summary = parameter_groups(model, config.train.weight_decay)
+    if is_main:
+        print(json.dumps({"optimizer_groups": summary}), flush=True)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups,
+                                           config=ds_config or build_deepspeed_config(config, world_size))
     return engine
 
 
@@ -73,8 +78,9 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, engine, logger: MetricsLogger, step: int = 0,
                  consumed_batches: int = 0, data_progress: LoaderProgress | None = None,
-                 stop: StopRequest = STOP):
+                 stop: StopRequest = STOP, frozen: dict | None = None):
         self.config, self.engine, self.logger, self.stop = config, engine, logger, stop
+        self.frozen = frozen or frozen_weights.describe(config.model)  # fingerprints of the files loaded
         self.step, self.consumed_batches = step, consumed_batches
         self.data_progress = data_progress or LoaderProgress(config.data.num_workers)
         self.meter, self.losses, self.history = ThroughputMeter(), [], []
@@ -116,7 +122,7 @@ class Trainer:
                               c.train.zero_stage, c.digest())
         checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
                                                           "consumed_batches": self.consumed_batches,
-                                                          "data": self.data_progress.state_dict()})
+                                                          "data": self.data_progress.state_dict()}, self.frozen)
 
     def fit(self, batches: Iterator[dict]) -> list[dict]:
         """Train until the epoch ends (or ``train.max_steps``), or until a stop signal; returns the metric history."""
@@ -148,17 +154,25 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     output_dir.mkdir(parents=True, exist_ok=True)
     pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)  # fails before training
     config = prepare_tokenizer(config, env)
+    latest = checkpoint.latest_checkpoint(output_dir)
+    if latest is not None:  # refuse changed frozen weight files before anything is written or built
+        frozen_weights.verify(latest, config.model)
     if env.is_main:
         write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
     seed_everything(config.seed)
     set_tf32(config.train.tf32)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
-    model = build_lmm(config.model, tokenizer)
-    engine = build_engine(config, model, env.world_size)
+    frozen = frozen_weights.describe(config.model)  # fingerprints of the files about to be loaded
+    ds_config = build_deepspeed_config(config, env.world_size)
+    model = build_lmm(config.model, tokenizer, precision_dtype(config.train.precision),
+                      zero3_config=ds_config if config.train.zero_stage == 3 else None)
+    if env.is_main:
+        print(json.dumps({"held_after_build": held_parameters(model)}), flush=True)
+    engine = build_engine(config, model, env.world_size, env.is_main, ds_config)
     if env.is_main:
         print(json.dumps({"parameters": parameter_counts(model)}), flush=True)
 
-    state = checkpoint.resume(engine, output_dir) or {"step": 0, "consumed_batches": 0}
+    state = checkpoint.resume(engine, output_dir, config.model) or {"step": 0, "consumed_batches": 0}
     d = config.data
     positions = positions_for_rank(state.get("data"), env.rank, env.world_size, d.num_workers)
     stream = CaptionStream(
@@ -169,7 +183,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         shuffle_buffer=d.shuffle_buffer, positions=positions, consumed_batches=state["consumed_batches"])
     logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
     trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"],
-                      LoaderProgress(d.num_workers, positions, d.max_skip_fraction))
+                      LoaderProgress(d.num_workers, positions, d.max_skip_fraction), frozen=frozen)
     try:
         history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device)))
     finally:

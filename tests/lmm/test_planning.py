@@ -9,9 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import REPO_ROOT
 from launch.plan import main as plan_main
-from lmm.config import load_config
+from lmm.config import ConfigError, load_config
 from lmm.models.lmm import build_lmm
-from lmm.planning import GIB, PlanError, activation_bytes, build_meta_model, make_plan, model_shape, \
+from lmm.planning import GIB, PlanError, checkpoint_bytes, activation_bytes, build_meta_model, make_plan, model_shape, \
     model_state_bytes
 from lmm.sequence import SequenceLayout
 
@@ -21,7 +21,7 @@ EVA01_G_VISUAL_PARAMS = 1_012_588_928  # open_clip EVA01-g-14 visual: 40 x 1408-
 
 @pytest.fixture(scope="module")
 def paper():
-    config = load_config(REPO_ROOT / "configs/capsfusion_10m.yaml")
+    config = load_config(REPO_ROOT / "configs/capsfusion_10m.yaml", ["model.allow_random_frozen=true"])
     start = time.perf_counter()
     model = build_meta_model(config)
     seconds = time.perf_counter() - start
@@ -48,7 +48,7 @@ def test_counts_match_eva01_g_and_llama2_7b(paper):
     assert 125e6 < shape.params["bridge"] < 131e6  # Emu's "about 128M"
     assert shape.trainable_params == shape.params["bridge"]  # paper default: tower and decoder frozen
     assert shape.frozen_params == EVA01_G_VISUAL_PARAMS + shape.params["llm"]
-    fired = model_shape(load_config(REPO_ROOT / "configs/capsfusion_10m.yaml", ["model.llm.trainable=true"]), model)
+    fired = model_shape(load_config(REPO_ROOT / "configs/capsfusion_10m.yaml", ["model.llm.trainable=true", "model.allow_random_frozen=true"]), model)
     assert fired.trainable_params == shape.params["bridge"] + shape.params["llm"]
 
 
@@ -94,7 +94,7 @@ def test_activation_formula_matches_what_autograd_keeps(tokenizer, vision_traina
                  f"model.vision.trainable={flag[vision_trainable]}", f"model.llm.trainable={flag[llm_trainable]}",
                  f"model.llm.grad_checkpointing={flag[ckpt]}",
                  f"model.vision.grad_checkpointing={flag[ckpt and vision_trainable]}",
-                 "data.max_caption_tokens=24", "train.precision=bf16"]
+                 "data.max_caption_tokens=24", "train.precision=bf16", "model.allow_random_frozen=true"]
     config = load_config(REPO_ROOT / "configs/demo.yaml", overrides)
     torch.manual_seed(0)
     model = build_lmm(config.model, tokenizer).to(torch.bfloat16).train()
@@ -132,10 +132,25 @@ def test_impossible_plans_are_refused(paper, tmp_path, capsys):
     assert shape.frozen_params * 2 / GIB > 14  # frozen bf16 weights alone fill a 16 GB card under ZeRO-2
 
     base = ["--config", str(REPO_ROOT / "configs/capsfusion_10m.yaml")]
-    assert plan_main(base + ["--nodes", "8", "--gpus-per-node", "8", "--gpu-mem-gb", "16"]) == 2
+    assert plan_main(base + ["--nodes", "8", "--gpus-per-node", "8", "--gpu-mem-gb", "16",
+                             "model.allow_random_frozen=true"]) == 2
     assert "plan refused" in capsys.readouterr().err
     out = tmp_path / "plan.json"
-    assert plan_main(base + ["--nodes", "8", "--gpus-per-node", "8", "--json", str(out), "train.zero_stage=3"]) == 0
+    assert plan_main(base + ["--nodes", "8", "--gpus-per-node", "8", "--json", str(out), "train.zero_stage=3",
+                             "model.allow_random_frozen=true"]) == 0
     saved = json.loads(out.read_text())
     assert saved["zero_stage"] == 3 and saved["micro_batch"] * saved["accumulation"] * 64 == 8192
     assert "micro-batch" in capsys.readouterr().out
+    # random frozen parts cannot be left out of checkpoints; with weight files they are (lean: ~2 GB, not ~17 GB)
+    assert saved["checkpoint_gb"] == saved["checkpoint_gb_with_frozen"]
+    lean = checkpoint_bytes(shape.trainable_params, shape.frozen_params, "bf16", 2, lean=True)
+    full = checkpoint_bytes(shape.trainable_params, shape.frozen_params, "bf16", 2, lean=False)
+    assert lean == shape.trainable_params * (2 + 12) and 1.6 < lean / GIB < 1.7 and 16 < full / GIB < 17
+
+    # no silent random weights: the plan and the submission refuse a paper config without weight paths
+    assert plan_main(["--config", str(REPO_ROOT / "configs/capsfusion_10m.yaml"), "--nodes", "8"]) == 2
+    assert "config key 'model.vision.pretrained'" in capsys.readouterr().err
+    from launch.submit import SubmitOptions, check_submission
+    with pytest.raises(ConfigError, match="config key 'model.vision.pretrained'"):
+        check_submission(str(REPO_ROOT / "configs/capsfusion_10m.yaml"), [], SubmitOptions(nodes=8))
+
