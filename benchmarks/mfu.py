@@ -2,11 +2,14 @@
 
     python benchmarks/mfu.py --config configs/capsfusion_10m.yaml --steps 50 --micro-batch 32 [key=value ...]
 
-Random initialisation (no weights are read, so the 7B shape runs without a download), synthetic full-length
+Random initialisation (no weights are read, so the 7B shape runs without a download; the frozen parts are random
+too, hence ``model.allow_random_frozen=true``), synthetic full-length
 samples (``<s> [IMG] <image>xQ [/IMG]`` + ``data.max_caption_tokens`` caption tokens + ``</s>``), the real model and
 the real DeepSpeed engine with the config's precision and ZeRO stage, in one process. Prints per-step time,
 samples/s, tokens/s, model GFLOP per sample (``lmm.flops``: trainable vs frozen parts), achieved TFLOP/s and
 MFU = achieved / peak. The peak is the GPU's dense bf16 figure (``--peak-tflops`` overrides; required on CPU).
+On CUDA it also prints the peak GPU memory of the training steps (warm-up included; model construction excluded):
+``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``, in GiB.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     global_batch = args.micro_batch * args.accumulation
     config = load_config(args.config, [
         *args.overrides, "model.vision.pretrained=null", "model.llm.pretrained=null", "model.tokenizer.path=null",
+        "model.allow_random_frozen=true",
         f"train.micro_batch_size={args.micro_batch}", f"train.global_batch_size={global_batch}",
         f"data.num_samples={global_batch * (args.steps + args.warmup)}"])
     vocab = SyntheticVocabulary(config.model.tokenizer.vocab_size)
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(layout, args.micro_batch, model.vision.image_size, engine.device, generator)
                for _ in range(min(args.accumulation, 4))]
+    if cuda:  # peak memory of the training steps, not of the fp32 construction DeepSpeed cast to bf16
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
     def sync():
         if cuda:
@@ -134,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"samples/s: {samples_per_s:.2f}   tokens/s: {samples_per_s * shape.seq_len:.0f}")
     print(f"achieved: {achieved / 1e12:.4g} TFLOP/s   peak: {peak / 1e12:.4g} TFLOP/s   MFU: {achieved / peak:.1%}")
     if cuda:
-        print(f"max GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        print(f"max GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB   reserved: "
+              f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB   (of {total / 2**30:.1f} GiB; training steps)")
     distributed.shutdown()
     return 0
 

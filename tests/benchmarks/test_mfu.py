@@ -11,7 +11,7 @@ from lmm.config import load_config
 from lmm.flops import training_flops_per_sample
 from lmm.planning import model_shape
 
-MODEL = [o for o in TINY_OVERRIDES if o.startswith("model.")] + ["model.vision.trainable=false",
+MODEL = [o for o in TINY_OVERRIDES if o.startswith("model.")] + ["model.allow_random_frozen=true", "model.vision.trainable=false",
                                                                  "model.llm.trainable=false"]
 
 
