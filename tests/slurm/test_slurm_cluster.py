@@ -53,7 +53,8 @@ def cluster():
 
 
 def run_overrides(world: Path, out: Path, *extra: str) -> list[str]:
-    return ["model.vision.name=EVA01-tiny-14", "train.precision=fp32", *TINY_OVERRIDES,
+    return ["model.vision.name=EVA01-tiny-14", "train.precision=fp32", "model.allow_random_frozen=true",
+            *TINY_OVERRIDES,
             f"data.train_manifest={world / 'train' / 'manifest.json'}", "data.num_samples=512",
             "train.checkpoint_every=8", f"output_dir={out}", *extra]
 
