@@ -1,4 +1,4 @@
-"""The paper's freezing policy with real weight files under ZeRO-3 (two real DeepSpeed ranks, torchrun, gloo):
+"""The paper's freezing policy with real weight files (two real DeepSpeed ranks, torchrun, gloo), ZeRO-3 and ZeRO-2:
 lean checkpoints, lean resume / eval / export, and refusal when the frozen files change.
 
 Tower and decoder are frozen and read from an open_clip safetensors file and a sharded LLaMA directory; the bridge
@@ -201,3 +201,23 @@ def test_changed_or_missing_frozen_files_are_refused(lean_zero3_run, demo_world,
     finally:
         clip.write_bytes(original)
     assert load_eval_model(checkpoint).meta.step == 4
+
+
+def test_lean_zero2_resume_is_exact(demo_world, llama_dir, clip_file, tmp_path):
+    """The paper's stage: a run stopped after step 2 and resumed from its lean checkpoint ends with the weights of
+    the uninterrupted run (frozen parts re-read from the files, trained parts and optimizer from the checkpoint)."""
+    zero2 = ["train.zero_stage=2", "train.deepspeed_template=configs/deepspeed/zero2.json",
+             "train.checkpoint_at_start=false"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    torchrun(2, "launch.pretrain", run_args(demo_world, whole, llama_dir[0], clip_file, *zero2), capture=True,
+             timeout=900)
+    torchrun(2, "launch.pretrain", run_args(demo_world, split, llama_dir[0], clip_file, *zero2, "train.max_steps=2"),
+             capture=True, timeout=900)
+    assert [c.name for c in complete_checkpoints(split)] == ["global_step2"]
+    assert frozen_weights.excludes_frozen(complete_checkpoints(split)[-1])
+    torchrun(2, "launch.pretrain", run_args(demo_world, split, llama_dir[0], clip_file, *zero2), capture=True,
+             timeout=900)
+    expected, resumed = (trained_tensors(complete_checkpoints(run)[-1]) for run in (whole, split))
+    assert complete_checkpoints(split)[-1].name == "global_step4" and expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
