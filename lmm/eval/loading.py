@@ -81,13 +81,19 @@ def _load_deepspeed(checkpoint: Path, dtype: torch.dtype) -> EvalModel:
     frozen_weights.verify(checkpoint, config.model)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     model = build_lmm(config.model, tokenizer, dtype)
+    # lazy: the optimizer files stay memory-mapped and each tensor is consolidated as it is copied in
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
-                                                     exclude_frozen_parameters=lean)
-    missing, unexpected = model.load_state_dict(state, strict=not lean)
-    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
-    if unexpected or not set(missing) <= frozen:
+                                                     exclude_frozen_parameters=lean, lazy_mode=True)
+    own = model.state_dict()
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad} if lean else set()
+    unexpected, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state) - frozen)
+    if unexpected or missing:
         raise RuntimeError(f"{checkpoint} does not fit the run's model: unexpected {unexpected[:5]}, missing "
-                           f"trained tensors {sorted(set(missing) - frozen)[:5]}")
+                           f"{missing[:5]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            own[name].copy_(tensor.contiguous())
+    del state
     return EvalModel(model.eval(), tokenizer, read_meta(checkpoint), checkpoint)
 
 

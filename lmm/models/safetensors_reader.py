@@ -74,10 +74,10 @@ def tensor_entries(files: Iterable[str | Path]) -> dict[str, TensorEntry]:
     return entries
 
 
-def read_tensor(entry: TensorEntry, dtype: torch.dtype, handle=None, scratch: torch.Tensor | None = None
+def read_tensor(entry: TensorEntry, dtype: torch.dtype, handle=None, scratch: list[torch.Tensor] | None = None
                 ) -> torch.Tensor:
-    """One tensor in ``dtype``: read into its destination directly when the file holds that dtype, else into
-    ``scratch`` (grown as needed) and converted."""
+    """One tensor in ``dtype``: read into its destination directly when the file holds that dtype, else into a
+    scratch buffer (``scratch[0]``, replaced by a larger one as needed) and converted."""
     out = torch.empty(entry.shape, dtype=dtype)
     target = out if entry.dtype == dtype else _scratch_view(scratch, entry)
     nbytes = entry.end - entry.begin
@@ -97,23 +97,23 @@ def read_tensor(entry: TensorEntry, dtype: torch.dtype, handle=None, scratch: to
     return out
 
 
-def _scratch_view(scratch: torch.Tensor | None, entry: TensorEntry) -> torch.Tensor:
+def _scratch_view(scratch: list[torch.Tensor] | None, entry: TensorEntry) -> torch.Tensor:
     numel = 1
     for dim in entry.shape:
         numel *= dim
-    if scratch is None:
-        return torch.empty(numel, dtype=entry.dtype)
     nbytes = numel * torch.empty((), dtype=entry.dtype).element_size()
-    if scratch.numel() < nbytes:
-        scratch.resize_(nbytes)
-    return scratch[:nbytes].view(entry.dtype)
+    if scratch is None:
+        scratch = [torch.empty(0, dtype=torch.uint8)]
+    if scratch[0].numel() < nbytes:  # a new buffer: one that numpy has viewed cannot be resized
+        scratch[0] = torch.empty(nbytes, dtype=torch.uint8)
+    return scratch[0][:nbytes].view(entry.dtype)
 
 
 def iter_tensors(entries: dict[str, TensorEntry], dtype: torch.dtype,
                  names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor in dtype)`` for ``names`` (default: all), in file order, reusing one scratch buffer."""
     chosen = sorted(names if names is not None else entries, key=lambda n: (str(entries[n].path), entries[n].begin))
-    scratch = torch.empty(0, dtype=torch.uint8)
+    scratch = [torch.empty(0, dtype=torch.uint8)]
     handles: dict[Path, object] = {}
     try:
         for name in chosen:
