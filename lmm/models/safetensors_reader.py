@@ -1,12 +1,16 @@
-"""Read safetensors tensors straight into freshly allocated tensors of the run's dtype, one tensor at a time.
+"""Read safetensors weights into a model in the run's dtype, one tensor at a time, never a second copy.
 
-Why not ``from_pretrained`` or safetensors' own mmap loader: every page of a memory-mapped shard that is touched
-while converting stays resident until the shard is closed, so a dtype-converting load peaks at the model's bytes
-plus the mapped shards. Measured at LLaMA-1B shape (an fp16 directory loaded as bf16, transformers 5.24):
-``from_pretrained`` peaks at 1.96x the bytes the model holds; this reader, which reads each tensor with plain file
-reads into its destination (or into one scratch buffer when the dtype differs), stays within held + the largest
-tensor (``benchmarks/build_memory.py``, BENCHMARKS.md). Plain reads go through the page cache, which the ranks of a
-node share, so N ranks reading the same files read them from disk once and hold no mapped copies.
+A tensor whose file dtype is the run's dtype becomes a view of a private, read-only-in-practice memory map of the
+file (``torch.UntypedStorage.from_file(shared=False)``): nothing is read until the weights are used, and the pages
+live in the page cache, which every rank of a node shares -- eight ranks of a node hold one copy of a frozen
+decoder, not eight. A tensor of another dtype (an fp16 release trained in bf16) is read with plain file reads into
+one reused scratch buffer and converted into its own storage, so the peak is the held bytes plus the largest
+tensor. What this replaces, measured at LLaMA-1B shape (an fp16 directory loaded as bf16, transformers 5.24):
+``from_pretrained`` peaks at 1.96x the bytes the model holds, because every mapped page it touches while converting
+stays resident until the shard is closed. Figures for this reader: ``benchmarks/build_memory.py``, BENCHMARKS.md.
+
+A mapped file must not be truncated or rewritten in place while a run uses it (replacing it by a rename is safe);
+the lean checkpoints' fingerprints (``lmm.training.frozen_weights``) catch files that changed between runs.
 
 The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length, a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data buffer.
@@ -109,20 +113,43 @@ def _scratch_view(scratch: list[torch.Tensor] | None, entry: TensorEntry) -> tor
     return scratch[0][:nbytes].view(entry.dtype)
 
 
-def iter_tensors(entries: dict[str, TensorEntry], dtype: torch.dtype,
-                 names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor in dtype)`` for ``names`` (default: all), in file order, reusing one scratch buffer."""
+def mapped_tensor(entry: TensorEntry, storage: torch.UntypedStorage) -> torch.Tensor | None:
+    """``entry`` as a view of its file's memory map, or None when its offset is not aligned to its dtype."""
+    size = torch.empty((), dtype=entry.dtype).element_size()
+    if entry.begin % size:
+        return None
+    strides, step = [], 1
+    for dim in reversed(entry.shape):
+        strides.insert(0, step)
+        step *= dim
+    return torch.empty(0, dtype=entry.dtype).set_(storage, entry.begin // size, entry.shape, strides)
+
+
+def iter_tensors(entries: dict[str, TensorEntry], dtype: torch.dtype, names: Iterable[str] | None = None,
+                 map_same_dtype: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor in dtype)`` for ``names`` (default: all), in file order: views of the file's memory map where
+    it holds ``dtype`` already (``map_same_dtype``), else read and converted through one reused scratch buffer.
+    Integer tensors keep their dtype."""
     chosen = sorted(names if names is not None else entries, key=lambda n: (str(entries[n].path), entries[n].begin))
     scratch = [torch.empty(0, dtype=torch.uint8)]
     handles: dict[Path, object] = {}
+    maps: dict[Path, torch.UntypedStorage] = {}
     try:
         for name in chosen:
             entry = entries[name]
+            own_dtype = dtype if entry.dtype.is_floating_point else entry.dtype  # never convert integer tensors
+            if map_same_dtype and entry.dtype == own_dtype:
+                if entry.path not in maps:
+                    maps[entry.path] = torch.UntypedStorage.from_file(str(entry.path), False,
+                                                                      entry.path.stat().st_size)
+                view = mapped_tensor(entry, maps[entry.path])
+                if view is not None:
+                    yield name, view
+                    continue
             if entry.path not in handles:
                 for old in handles.values():
                     old.close()
                 handles = {entry.path: open(entry.path, "rb")}
-            own_dtype = dtype if entry.dtype.is_floating_point else entry.dtype  # never convert integer tensors
             yield name, read_tensor(entry, own_dtype, handles[entry.path], scratch)
     finally:
         for handle in handles.values():

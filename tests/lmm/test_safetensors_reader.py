@@ -23,6 +23,13 @@ def test_reads_what_safetensors_reads_with_and_without_conversion(tmp_path):
         else:
             assert converted[name].dtype == torch.int64 and torch.equal(converted[name], expected)
 
+    # same dtype: a view of the file's private memory map (shared page cache, no copy); writes never reach the file
+    size = (tmp_path / "a.safetensors").stat().st_size
+    assert same["big"].untyped_storage().nbytes() == size and same["big"].is_contiguous()
+    same["big"].zero_()
+    assert torch.equal(load_file(str(tmp_path / "a.safetensors"))["big"], reference["big"])
+    assert not dict(iter_tensors(entries, torch.float16, map_same_dtype=False))["big"].untyped_storage().nbytes() == size
+
     save_file({"weight": tensors["big"], "bias": torch.zeros(64)}, str(tmp_path / "linear.safetensors"))
     with torch.device("meta"):
         skeleton = torch.nn.Linear(33, 64)
