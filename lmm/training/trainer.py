@@ -26,8 +26,8 @@ from lmm.tokenizer import CaptionTokenizer, train_tokenizer
 from lmm.training import checkpoint, frozen_weights
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
-from lmm.training.optimizer_groups import parameter_groups
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
+from lmm.training.optimizer_groups import parameter_groups
 from lmm.training.preemption import STOP, StopOutcome, StopRequest, requeue
 
 
