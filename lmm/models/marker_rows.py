@@ -64,7 +64,7 @@ def marker_row_parameters(llm) -> list[nn.Parameter]:
 @torch.no_grad()
 def mean_rows(weight: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` copies of the mean row of ``weight`` (computed in fp32), in ``weight``'s dtype."""
-    return weight.float().mean(dim=0, keepdim=True).expand(count, -1).to(weight.dtype).clone()
+    return weight.mean(dim=0, keepdim=True, dtype=torch.float32).expand(count, -1).to(weight.dtype).clone()
 
 
 def add_marker_rows(llm, vocab_size: int, separate: bool) -> None:

@@ -5,9 +5,10 @@ file (``torch.UntypedStorage.from_file(shared=False)``): nothing is read until t
 live in the page cache, which every rank of a node shares -- eight ranks of a node hold one copy of a frozen
 decoder, not eight. A tensor of another dtype (an fp16 release trained in bf16) is read with plain file reads into
 one reused scratch buffer and converted into its own storage, so the peak is the held bytes plus the largest
-tensor. What this replaces, measured at LLaMA-1B shape (an fp16 directory loaded as bf16, transformers 5.24):
-``from_pretrained`` peaks at 1.96x the bytes the model holds, because every mapped page it touches while converting
-stays resident until the shard is closed. Figures for this reader: ``benchmarks/build_memory.py``, BENCHMARKS.md.
+tensor. What this replaces: ``from_pretrained`` (transformers 5.24) loading an fp16 LLaMA-1B-shaped directory as
+bf16 peaked at 1.96x the bytes the model holds (VmHWM, measured by hand when this reader was written), because every
+mapped page it touches while converting stays resident until the shard is closed. This reader's figures (peak
+~1.00x held; build+load 0.42x a bare read of the files at 7B): ``benchmarks/build_memory.py``, BENCHMARKS.md.
 
 A mapped file must not be truncated or rewritten in place while a run uses it (replacing it by a rename is safe);
 the lean checkpoints' fingerprints (``lmm.training.frozen_weights``) catch files that changed between runs.
