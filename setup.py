@@ -38,6 +38,7 @@ setup(
         "lmm-demo=launch.demo:main",
         "lmm-plan=launch.plan:main",
         "lmm-export=launch.export:main",
+        "lmm-convert-weights=launch.convert_weights:main",
         "lmm-submit=launch.submit:main",
         "lmm-prepare=data_pipeline.prepare:main",
     ]},

@@ -152,7 +152,7 @@ def load_vision_weights(tower: VisionTower, checkpoint_file: str | Path, dtype: 
     else:
         from timm.models.eva import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(_read_state_dict(checkpoint_file, source), trunk)
+        state = checkpoint_filter_fn(read_state_dict(checkpoint_file, source), trunk)
         check_tensor_shapes(expected, state_shapes(state), source)
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         if is_partitioned(trunk):
@@ -175,7 +175,7 @@ def _open_clip_trunk_entries(checkpoint_file: str | Path, expected: dict) -> tup
     return None
 
 
-def _read_state_dict(checkpoint_file: str | Path, source: str) -> dict[str, torch.Tensor]:
+def read_state_dict(checkpoint_file: str | Path, source: str) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict (memory-mapped where the format allows), unwrapped as open_clip does."""
     try:
         if str(checkpoint_file).endswith(".safetensors"):
