@@ -1,5 +1,6 @@
 """Converting pretrained weights once to the training dtype: same tensors, same layout, then memory-mapped by the
 build instead of converted."""
+import copy
 import json
 
 import torch
@@ -45,7 +46,7 @@ def test_open_clip_checkpoint_converts_to_a_visual_safetensors(saved_clip, tmp_p
         assert names and all(n.startswith("visual.") for n in names)
         assert handle.get_tensor(names[0]).dtype == torch.bfloat16
     tower = build_vision_tower(VisionConfig(name="EVA01-tiny-14", pretrained=str(out)), dtype=torch.bfloat16)
-    reference = VisionTower(saved_clip.visual).to(torch.bfloat16)
+    reference = VisionTower(copy.deepcopy(saved_clip.visual)).to(torch.bfloat16)  # the fixture is shared
     pixels = torch.randn(1, 3, 112, 112, dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(tower(pixels), reference(pixels))
