@@ -15,8 +15,8 @@ from transformers.initialization import no_init_weights
 
 from lmm.config import LLMConfig
 from lmm.models.marker_rows import add_marker_rows
-from lmm.models.partitioned import is_partitioned, load_partitioned, partitioned_construction, safetensors_fetch
-from lmm.models.safetensors_reader import load_into, tensor_entries
+from lmm.models.partitioned import fill_from_files, partitioned_construction
+from lmm.models.safetensors_reader import tensor_entries
 from lmm.models.weights import WeightsMismatchError, check_tensor_shapes, safetensors_files, state_shapes
 from lmm.tokenizer import IMAGE_MARKERS, CaptionTokenizer
 
@@ -108,12 +108,9 @@ def load_pretrained_llm(config: LLMConfig, tokenizer: CaptionTokenizer, dtype: t
     hf_config._attn_implementation = config.attn_implementation
     hf_config.dtype = dtype
     # storage is allocated, not initialised: every tensor is read from the files next
-    with no_init_weights(), partitioned_construction(zero3_config, dtype), local_default_dtype(dtype):
+    with no_init_weights(), partitioned_construction(zero3_config), local_default_dtype(dtype):
         llm = LlamaForCausalLM(hf_config)
-    if is_partitioned(llm):
-        load_partitioned(llm, safetensors_fetch(entries, dtype), skip=tied)
-    else:
-        load_into(llm, entries, dtype, skip=tied)
+    fill_from_files(llm, entries, dtype, skip=tied)
     if tied:
         llm.tie_weights()
     return llm.eval()

@@ -91,15 +91,17 @@ def build_lmm(config: ModelConfig, tokenizer: CaptionTokenizer, dtype: torch.dty
     return LMM(vision, bridge, llm, tokenizer)
 
 
+def full_numel(p: nn.Parameter) -> int:
+    """Elements of the whole parameter (ZeRO-3 leaves an empty local tensor and keeps the count in ds_numel)."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable and frozen parameter counts per top-level component, and their totals."""
-    def numel(p: nn.Parameter) -> int:
-        return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 leaves an empty local tensor
-
     counts = {}
     for name, child in model.named_children():
-        counts[f"{name}/trainable"] = sum(numel(p) for p in child.parameters() if p.requires_grad)
-        counts[f"{name}/frozen"] = sum(numel(p) for p in child.parameters() if not p.requires_grad)
+        counts[f"{name}/trainable"] = sum(full_numel(p) for p in child.parameters() if p.requires_grad)
+        counts[f"{name}/frozen"] = sum(full_numel(p) for p in child.parameters() if not p.requires_grad)
     for kind in ("trainable", "frozen"):
         counts[f"total/{kind}"] = sum(v for k, v in list(counts.items()) if k.endswith(f"/{kind}"))
     return counts
@@ -111,5 +113,5 @@ def held_parameters(model: nn.Module) -> dict[str, int]:
     for name, child in model.named_children():
         params = list(child.parameters())
         held[name] = {"held": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params),
-                      "total": sum(getattr(p, "ds_numel", None) or p.numel() for p in params)}
+                      "total": sum(full_numel(p) for p in params)}
     return held

@@ -16,11 +16,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from lmm.models.safetensors_reader import TensorEntry, read_tensor
+from lmm.models.safetensors_reader import TensorEntry, load_into, read_tensor
 
 
 @contextlib.contextmanager
-def partitioned_construction(ds_config: dict | None, dtype: torch.dtype) -> Iterator[None]:
+def partitioned_construction(ds_config: dict | None) -> Iterator[None]:
     """Construct modules partitioned over the ranks (``ds_config`` of a ZeRO-3 run); a no-op without one."""
     if ds_config is None:
         yield
@@ -29,8 +29,8 @@ def partitioned_construction(ds_config: dict | None, dtype: torch.dtype) -> Iter
     from transformers.integrations.deepspeed import prevent_arange_dtype_change
 
     # RoPE buffers are built with torch.arange and an explicit dtype, which zero.Init would otherwise cast. The
-    # dtype comes from ds_config (bf16 section), which matches ``dtype``: DeepSpeed 0.19's Init ignores an
-    # explicit dtype on accelerators without fp16 (the CPU) and picks bf16.
+    # dtype comes from ds_config's bf16 section (the run's precision): DeepSpeed 0.19's Init ignores an explicit
+    # dtype on accelerators without fp16 (the CPU) and picks bf16.
     with prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield
 
@@ -65,6 +65,16 @@ def load_partitioned(module: nn.Module, fetch: Callable[[str], torch.Tensor], sk
                     param.data.copy_(fetch(name))
         for name in buffers:
             module.get_buffer(name).copy_(fetch(name))
+
+
+def fill_from_files(module: nn.Module, entries: dict[str, TensorEntry], dtype: torch.dtype,
+                    rename: Callable[[str], str] = lambda name: name, skip: tuple[str, ...] = ()) -> None:
+    """Fill ``module`` from safetensors ``entries``: through rank 0 when ZeRO-3 partitioned it, else in place of
+    its (meta or uninitialised) tensors."""
+    if is_partitioned(module):
+        load_partitioned(module, safetensors_fetch(entries, dtype, rename), skip=skip)
+    else:
+        load_into(module, entries, dtype, rename=rename, skip=skip)
 
 
 def safetensors_fetch(entries: dict[str, TensorEntry], dtype: torch.dtype,

@@ -21,8 +21,8 @@ from timm.models.eva import _create_eva
 from torch import nn
 
 from lmm.config import VisionConfig
-from lmm.models.partitioned import is_partitioned, load_partitioned, partitioned_construction, safetensors_fetch
-from lmm.models.safetensors_reader import load_into, tensor_entries
+from lmm.models.partitioned import fill_from_files, is_partitioned, load_partitioned, partitioned_construction
+from lmm.models.safetensors_reader import tensor_entries
 from lmm.models.weights import check_tensor_shapes, state_shapes
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
@@ -103,7 +103,7 @@ def build_vision_tower(config: VisionConfig, device: str | torch.device = "cpu",
     visual = clip.visual
     del clip  # the text tower is not used
     if pretrained and zero3_config is not None:
-        visual = partitioned_visual(config.name, visual, zero3_config, dtype)
+        visual = partitioned_visual(config.name, visual, zero3_config)
     tower = VisionTower(visual)
     if pretrained:
         load_vision_weights(tower, config.pretrained, dtype)
@@ -112,7 +112,7 @@ def build_vision_tower(config: VisionConfig, device: str | torch.device = "cpu",
     return tower
 
 
-def partitioned_visual(name: str, skeleton: nn.Module, zero3_config: dict, dtype: torch.dtype) -> nn.Module:
+def partitioned_visual(name: str, skeleton: nn.Module, zero3_config: dict) -> nn.Module:
     """The visual tower alone built under ZeRO-3's ``zero.Init`` (partitioned as it is constructed), with the
     preprocessing config open_clip gave ``skeleton``. Built through open_clip's own visual-tower builder (the one
     ``CLIP.__init__`` calls): the whole CLIP cannot be built under ``zero.Init`` (its 0-dim ``logit_scale`` breaks
@@ -120,7 +120,7 @@ def partitioned_visual(name: str, skeleton: nn.Module, zero3_config: dict, dtype
     from open_clip.model import _build_vision_tower
 
     model_config = open_clip.get_model_config(name)
-    with partitioned_construction(zero3_config, dtype):
+    with partitioned_construction(zero3_config):
         visual = _build_vision_tower(model_config["embed_dim"], model_config["vision_cfg"],
                                      model_config.get("quick_gelu", False))
     visual.preprocess_cfg = dict(getattr(skeleton, "preprocess_cfg", {}))
@@ -139,16 +139,13 @@ def load_vision_weights(tower: VisionTower, checkpoint_file: str | Path, dtype: 
     source = f"model.vision.pretrained {checkpoint_file}"
     trunk = tower.visual.trunk
     expected = state_shapes(trunk.state_dict(keep_vars=True))
-    entries = _open_clip_trunk_entries(checkpoint_file, expected) if str(checkpoint_file).endswith(
+    entries = _open_clip_trunk_entries(checkpoint_file) if str(checkpoint_file).endswith(
         ".safetensors") else None
     if entries is not None:  # open_clip's own layout: stream tensor by tensor
         prefix, entries = entries
         check_tensor_shapes(expected, {name.removeprefix(prefix): e.shape for name, e in entries.items()
                                        if name.startswith(prefix)}, source)
-        if is_partitioned(trunk):
-            load_partitioned(trunk, safetensors_fetch(entries, dtype, rename=lambda name: prefix + name))
-        else:
-            load_into(trunk, entries, dtype, rename=lambda name: prefix + name)
+        fill_from_files(trunk, entries, dtype, rename=lambda name: prefix + name)
     else:
         from timm.models.eva import checkpoint_filter_fn
 
@@ -163,7 +160,7 @@ def load_vision_weights(tower: VisionTower, checkpoint_file: str | Path, dtype: 
     _restore_constant_buffers(trunk, dtype)
 
 
-def _open_clip_trunk_entries(checkpoint_file: str | Path, expected: dict) -> tuple[str, dict] | None:
+def _open_clip_trunk_entries(checkpoint_file: str | Path) -> tuple[str, dict] | None:
     """(prefix, entries) when a safetensors file holds the trunk under ``[module.]visual.trunk.``, else None."""
     try:
         entries = tensor_entries([checkpoint_file])

@@ -34,11 +34,16 @@ def frozen_sources(model: ModelConfig) -> dict[str, str | None]:
     return {name: path for name, (trainable, path) in parts.items() if not trainable}
 
 
+def leaves_frozen_out(model: ModelConfig) -> bool:
+    """Checkpoints of this model leave the frozen weights out: there are some, and all come from files."""
+    sources = frozen_sources(model)
+    return bool(sources) and all(path is not None for path in sources.values())
+
+
 def describe(model: ModelConfig) -> dict:
     """What a checkpoint of this model records: whether frozen weights are left out, and their fingerprints."""
     sources = frozen_sources(model)
-    excluded = bool(sources) and all(path is not None for path in sources.values())
-    return {"excluded": excluded,
+    return {"excluded": leaves_frozen_out(model),
             "components": {name: {"path": str(Path(path).resolve()), "fingerprint": fingerprint(path)}
                            for name, path in sources.items() if path is not None}}
 

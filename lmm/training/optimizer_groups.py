@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from lmm.models.lmm import full_numel
+
 
 def no_decay_names(model: nn.Module) -> set[str]:
     """Names of the parameters of ``model`` that get no weight decay."""
@@ -37,6 +39,6 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> tuple[list[dict],
     decay = {"decay": weight_decay, "no_decay": 0.0}
     groups = [{"params": params, "weight_decay": decay[kind]} for kind, params in split.items() if params]
     summary = {kind: {"weight_decay": decay[kind], "tensors": len(params),
-                      "parameters": sum(getattr(p, "ds_numel", None) or p.numel() for p in params)}
+                      "parameters": sum(full_numel(p) for p in params)}
                for kind, params in split.items()}
     return groups, summary
