@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 
-from lmm.config import ConfigError, load_config
+from lmm.config import ConfigError, check_world_size, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmm.planning import PlanError, format_plan, make_plan
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides)  # also checks the manifest's caption fields
+        if args.nodes >= 1 and args.gpus_per_node >= 1:  # else make_plan says what is wrong
+            # before the meta model is built; micro-batch 1: the planner picks the micro-batch itself
+            check_world_size(config, args.nodes * args.gpus_per_node, micro_batch_size=1)
         plan = make_plan(config, args.nodes, args.gpus_per_node, args.gpu_mem_gb, args.headroom_gb,
                          config_name=args.config)
     except (ConfigError, PlanError, FileNotFoundError, ValueError) as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 import submitit
 
 from launch.pretrain import EXIT_BAD_CONFIG, EXIT_STOPPED, run
-from lmm.config import ConfigError, ExperimentConfig, load_config
+from lmm.config import ConfigError, ExperimentConfig, check_world_size, load_config
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.preemption import STOP
 
@@ -66,8 +66,9 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
 def check_submission(config_path: str, overrides: list[str], options: SubmitOptions) -> ExperimentConfig:
     """Everything that can be known before submission: the config, and the batch split for this world size."""
-    config = load_config(config_path, overrides)
-    build_deepspeed_config(config, options.world_size)  # raises ConfigError if the batch cannot split exactly
+    config = load_config(config_path, overrides)  # also checks the manifest's caption fields, where it exists
+    check_world_size(config, options.world_size)  # raises ConfigError if the batch cannot split exactly
+    build_deepspeed_config(config, options.world_size)  # and the DeepSpeed template exists
     if options.executor not in ("slurm", "local"):
         raise ConfigError(f"--executor must be slurm or local, got {options.executor!r}")
     if options.gpu_mem_gb and options.gpus_per_node:

@@ -1,7 +1,8 @@
 """Typed experiment configuration: YAML files + ``key.path=value`` overrides -> nested dataclasses.
 
 Every key is checked against the dataclass fields and every value against its annotated type, so a typo
-or a wrong type fails at load time (before anything is built or submitted), naming the key.
+or a wrong type fails at load time (before anything is built or submitted), naming the key; so do out-of-range
+values, an empty or unparsable YAML file, and a caption source the manifest does not list (``load_config``).
 A YAML file may start from another with ``base: other.yaml`` (path relative to the file).
 """
 from __future__ import annotations
@@ -110,6 +111,7 @@ class TrainConfig:
     log_every: int = 10
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this step; the LR schedule still spans the epoch
     max_requeues: int = 3  # a preempted/timed-out Slurm job requeues itself at most this many times
+    sample_ledger: bool = False  # per rank, the sample keys of every step in <run>/ledger (launch.check_ledger)
     collective_timeout_s: int = 900  # a collective waiting longer (a dead or hung rank) fails the run
 
 
@@ -223,11 +225,29 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line L, column C: problem (context [at line, column])`` from a yaml error (its marks count from 0)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err)
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start.line != getattr(mark, "line", None):
+        context += f" at line {start.line + 1}, column {start.column + 1}"
+    return where + problem + (f" ({context})" if context else "")
+
+
 def _read_yaml(path: Path) -> dict:
-    """Read a YAML config, resolving its ``base:`` chain."""
+    """Read a YAML config, resolving its ``base:`` chain; an empty file or broken YAML is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from None
+    if data is None:  # empty, or comments only: the defaults (10M samples...) would run silently
+        raise ConfigError(f"config file {path} is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
     base = data.pop("base", None)
@@ -243,7 +263,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML: {_yaml_problem(err)}") from None
     # yaml reads 3e-4 as a string (no dot): accept it as a float
     if isinstance(value, str):
         try:
@@ -284,14 +307,38 @@ def expand_names(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate for a run.
+
+    Beyond :func:`validate` (what ``config_from_dict`` checks when a saved run's config is read back), a config
+    loaded here must pass :func:`check_run` and :func:`check_caption_fields`: it is about to start, plan or
+    submit a run. No I/O but reading the YAML files and, when it exists, the manifest's json.
+    """
     data = _read_yaml(Path(path)) if path is not None else {}
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    config = config_from_dict(apply_overrides(data, list(overrides)))
+    check_run(config)
+    check_caption_fields(config)
+    return config
+
+
+def _need(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': must be {rule}, got {value!r}")
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Cross-field checks that types alone cannot express (also run on a saved run's config when it is read
+    back; the stricter checks for starting a run are in :func:`check_run`)."""
     t, d, m = config.train, config.data, config.model
+    b, llm = m.bridge, m.llm
+    for key, value in (("model.bridge.width", b.width), ("model.bridge.depth", b.depth),
+                       ("model.bridge.heads", b.heads), ("model.llm.hidden_size", llm.hidden_size),
+                       ("model.llm.num_layers", llm.num_layers), ("model.llm.num_heads", llm.num_heads),
+                       ("model.llm.intermediate_size", llm.intermediate_size),
+                       ("model.llm.max_position_embeddings", llm.max_position_embeddings),
+                       ("model.tokenizer.vocab_size", m.tokenizer.vocab_size)):
+        _need(value > 0, key, "positive", value)
+    _need(b.mlp_ratio > 0, "model.bridge.mlp_ratio", "positive", b.mlp_ratio)
+    _need(t.lr > 0, "train.lr", "positive", t.lr)
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"config key 'train.zero_stage': must be 0-3, got {t.zero_stage}")
     for key, value in (("train.global_batch_size", t.global_batch_size), ("train.micro_batch_size",
@@ -337,3 +384,99 @@ def stop_step(config: ExperimentConfig) -> int:
     """The step this invocation stops at: the epoch's end, or ``train.max_steps`` if that comes first."""
     steps = total_steps(config)
     return min(steps, config.train.max_steps) if config.train.max_steps else steps
+
+
+MIX_TOLERANCE = 1e-6  # data.mix ratios must sum to 1 within this
+
+
+def check_eval(e: EvalConfig) -> None:
+    """Range checks of the captioning protocol, each naming its key (``eval.*``)."""
+    _need(e.num_beams >= 1, "eval.num_beams", ">= 1", e.num_beams)
+    _need(e.batch_size >= 1, "eval.batch_size", ">= 1", e.batch_size)
+    _need(e.max_new_tokens >= 1, "eval.max_new_tokens", ">= 1", e.max_new_tokens)
+    _need(0 <= e.min_new_tokens <= e.max_new_tokens, "eval.min_new_tokens",
+          f"in [0, eval.max_new_tokens={e.max_new_tokens}]", e.min_new_tokens)
+    _need(e.max_images is None or e.max_images >= 1, "eval.max_images", ">= 1 (or null for all)", e.max_images)
+
+
+def check_run(config: ExperimentConfig) -> None:
+    """The checks for starting (planning, submitting) a run, each naming its key: values that would crash
+    later, silently do something else, or waste the run. ``load_config`` applies them; ``config_from_dict``
+    (reading back the config a run saved) does not, so runs saved before a check existed stay loadable."""
+    t, d, llm = config.train, config.data, config.model.llm
+    if llm.hidden_size % llm.num_heads:
+        raise ConfigError(f"config key 'model.llm.num_heads': hidden size {llm.hidden_size} not divisible by "
+                          f"{llm.num_heads}")
+    _need(t.max_steps is None or t.max_steps > 0, "train.max_steps", "positive (or null for the whole epoch)",
+          t.max_steps)
+    _need(t.checkpoint_every > 0, "train.checkpoint_every", "positive", t.checkpoint_every)
+    _need(t.log_every > 0, "train.log_every", "positive", t.log_every)
+    _need(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    _need(t.grad_clip >= 0, "train.grad_clip", ">= 0 (0 turns clipping off)", t.grad_clip)
+    _need(len(t.betas) == 2 and all(0 <= beta < 1 for beta in t.betas), "train.betas",
+          "two values, each in [0, 1) (Adam's beta1, beta2)", t.betas)
+    _need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction", "in [0, 1]", d.max_skip_fraction)
+    _need(d.max_caption_tokens > 0, "data.max_caption_tokens", "positive", d.max_caption_tokens)
+    _need(d.max_caption_chars >= 1, "data.max_caption_chars", ">= 1", d.max_caption_chars)
+    _need(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _need(d.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", d.shuffle_buffer)
+    if d.caption_source == "mixed" and not abs(sum(d.mix.values()) - 1) <= MIX_TOLERANCE:  # NaN fails too
+        raise ConfigError(f"config key 'data.mix': the ratios must sum to 1, got {sum(d.mix.values()):g} "
+                          f"({', '.join(f'{k}: {v:g}' for k, v in d.mix.items())})")
+    steps = total_steps(config)
+    if t.warmup_steps >= steps:
+        raise ConfigError(f"config key 'train.warmup_steps': {t.warmup_steps} warmup steps, but the run has only "
+                          f"{steps} optimizer steps (data.num_samples {d.num_samples} // train.global_batch_size "
+                          f"{t.global_batch_size}); the LR would never leave warmup")
+    check_eval(config.eval)
+
+
+def check_caption_fields(config: ExperimentConfig) -> None:
+    """The caption source (or every ``data.mix`` source) is a field the manifest lists in ``caption_fields``.
+
+    Reads ``data.train_manifest`` (a folder means its ``manifest.json``; relative to the working directory, as
+    the trainer reads it) only when it is set and exists; a manifest without ``caption_fields`` is accepted,
+    and a missing one is left to the trainer (a config may be loaded where the data is not, e.g. on a login node).
+    """
+    d = config.data
+    if not d.train_manifest:
+        return
+    path = Path(d.train_manifest)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config key 'data.train_manifest': cannot read {path}: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"config key 'data.train_manifest': {path} is not valid JSON: {err}") from None
+    fields = manifest.get("caption_fields") if isinstance(manifest, dict) else None
+    if not isinstance(fields, list):
+        return
+    key, wanted = ("data.mix", list(d.mix)) if d.caption_source == "mixed" else ("data.caption_source",
+                                                                                  [d.caption_source])
+    missing = [name for name in wanted if name not in fields]
+    if missing:
+        raise ConfigError(f"config key '{key}': {', '.join(map(repr, missing))} is not a caption field of {path}; "
+                          f"it has {fields}")
+
+
+def check_world_size(config: ExperimentConfig, world_size: int, micro_batch_size: int | None = None) -> int:
+    """Gradient accumulation steps for ``world_size`` ranks, or a ConfigError naming ``train.global_batch_size``
+    when ``global = micro x accumulation x world`` cannot hold exactly. Pure: call it before anything is written.
+    ``micro_batch_size`` replaces the config's (the planner passes 1: it picks the micro-batch itself)."""
+    if world_size < 1:
+        raise ConfigError(f"world size must be at least 1, got {world_size}")
+    global_batch = config.train.global_batch_size
+    micro = config.train.micro_batch_size if micro_batch_size is None else micro_batch_size
+    if global_batch % world_size:
+        raise ConfigError(f"config key 'train.global_batch_size': {global_batch} is not divisible by the world "
+                          f"size {world_size}")
+    per_rank = global_batch // world_size
+    if per_rank % micro:
+        raise ConfigError(f"config key 'train.global_batch_size': {global_batch} is not divisible by "
+                          f"train.micro_batch_size {micro} x world size {world_size} = {micro * world_size}; "
+                          f"pick a micro batch that divides {per_rank}")
+    return per_rank // micro
