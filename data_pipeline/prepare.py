@@ -14,13 +14,18 @@ file's last shard holds the rest; a rare unreadable image makes its shard one sm
 
 **img2dataset**: its ``NNNNN.tar`` shards (``key.jpg``, ``key.txt``, ``key.json`` with any extra columns saved
 with ``--save_additional_columns``) are re-packed into shards of exactly ``--samples-per-shard`` samples; the
-mapping is applied to the json's fields (``txt`` is ``raw`` by default). ``--in-place`` only writes a manifest
-over the existing tars (the loader reads img2dataset's layout as-is).
+mapping is applied to the json's fields (a field whose column is absent falls back to the field's own name: ``url``
+is img2dataset's source URL, ``raw`` its ``txt``). ``--in-place`` only writes a manifest over the existing tars
+(the loader reads img2dataset's layout as-is). An input shard that is not a tar, is empty, or breaks off (cut
+short, corrupt) never stops the run: the samples before the break are used, and the shard is named in the stats.
 
 Output: shards, ``manifest.json`` (per shard: path, num_samples, bytes, sha256) and ``stats.json`` (rows,
-unique images, samples, captions per field, failures by reason). Shards are written to a temporary name and
-renamed, then a ``<shard>.json`` record marks them done: a re-run skips finished shards (resumable) and
-rewrites identical outputs (idempotent). Work is spread over ``--workers`` processes with a progress bar.
+unique images, samples, captions per field, failures by reason; for img2dataset input ``unreadable_shards``: per
+broken input shard its path, error, samples kept and samples lost, the latter from img2dataset's per-shard stats
+and counted as ``tar_error`` failures). High-bit-depth images (16-bit PNGs) are rescaled to 8 bits. Shards are
+written to a temporary name and renamed, then a ``<shard>.json`` record marks them done: a re-run skips finished
+shards (resumable) and rewrites identical outputs (idempotent). Work is spread over ``--workers`` processes with
+a progress bar.
 """
 from __future__ import annotations
 
@@ -38,8 +43,9 @@ from pathlib import Path
 from typing import Iterable
 
 from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
-from data_pipeline.shard_format import CAPTION_FIELDS, BadSample, encode_sample, image_member, sample_fields
-from data_pipeline.shard_reader import LOST, count_samples, read_pieces
+from data_pipeline.shard_format import (BadSample, encode_sample, image_member, is_high_bit_depth, rgb_image,
+                                        sample_fields)
+from data_pipeline.shard_reader import LOST, read_pieces, scan_shard
 from lmm.files import write_json_atomic
 
 PRESETS = {
@@ -63,19 +69,26 @@ def _caption_values(values: Iterable) -> str | list[str] | None:
 
 
 def _image_record(data: bytes) -> tuple[str, bytes, int, int]:
-    """(extension, bytes, width, height); images in other formats are re-encoded as JPEG. Raises BadSample."""
+    """(extension, bytes, width, height): JPEG, PNG and WEBP bytes are kept, except high-bit-depth ones (re-encoded
+    in 8 bits); images in other formats are re-encoded as JPEG. Raises BadSample."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             ext = PIL_FORMATS.get(image.format)
-            if ext is None:
-                out = io.BytesIO()
-                image.convert("RGB").save(out, format="JPEG", quality=95)
-                ext, data = "jpg", out.getvalue()
+            if ext is None or is_high_bit_depth(image):
+                ext = ext or "jpg"
+                data = _encoded_rgb(image, ext)
     except Exception:
         raise BadSample("image_unreadable") from None
     return ext, data, width, height
+
+
+def _encoded_rgb(image, ext: str) -> bytes:
+    """``image`` as 8-bit RGB bytes: PNG for ``ext`` png, else JPEG."""
+    out = io.BytesIO()
+    rgb_image(image).save(out, format="PNG" if ext == "png" else "JPEG", quality=95)
+    return out.getvalue()
 
 
 def _shard_record(path: Path, written: int) -> dict:
@@ -120,12 +133,13 @@ def _table_samples(groups: list[dict]):
 
 
 def _mapped_fields(meta: dict, columns: dict[str, str]) -> dict:
-    """Caption fields and url of an img2dataset sample; ``raw`` falls back to its ``.txt``. Raises BadSample."""
+    """Caption fields and url of an img2dataset sample; a field whose column is absent falls back to the field's
+    own name (``url``: img2dataset's source URL; ``raw``: the ``.txt``). Raises BadSample."""
     fields = {}
     for field, column in columns.items():
         value = meta.get(column)
-        if value is None and field == "raw":
-            value = meta.get("raw")
+        if value is None:
+            value = meta.get(field)
         if field == "url":
             if isinstance(value, str):
                 fields["url"] = value
@@ -298,13 +312,17 @@ def prepare_img2dataset(folder: Path, out: Path, columns: dict[str, str], sample
     if not sources:
         raise SystemExit(f"{folder}: no .tar shards (expected img2dataset's NNNNN.tar output)")
     with mp.get_context("fork").Pool(max(1, min(workers, len(sources)))) as pool:
-        counts = pool.map(count_samples, [str(s) for s in sources])
+        scans = pool.map(scan_shard, [str(s) for s in sources])
+    counts = [count for count, _ in scans]
     downloads = Counter()
     for stats_file in sorted(folder.glob("*_stats.json")):
-        s = json.loads(stats_file.read_text())
+        s = _download_stats(stats_file)
         downloads.update({"rows": s.get("count", 0), "download_failed": s.get("failed_to_download", 0),
                           "resize_failed": s.get("failed_to_resize", 0)})
     rows = downloads.pop("rows", 0) or sum(counts)
+    unreadable = [_unreadable_shard(s, count, error) for s, (count, error) in zip(sources, scans) if error]
+    lost = sum(u["samples_lost"] or 0 for u in unreadable)
+    failures = {k: v for k, v in {**downloads, "tar_error": lost}.items() if v}
     caption_fields = [f for f in columns if f != "url"]
     out.mkdir(parents=True, exist_ok=True)
     if in_place:
@@ -315,8 +333,25 @@ def prepare_img2dataset(folder: Path, out: Path, columns: dict[str, str], sample
         jobs = [{"path": str(out / f"shard-{k:06d}.tar"), "pieces": chunk, "columns": columns,
                  "caption_fields": caption_fields} for k, chunk in enumerate(_split_pieces(pieces, samples_per_shard))]
         records = _run_jobs(jobs, workers)
-    return _finish(out, records, {"input": "img2dataset", "rows": rows,
-                                  "failures": {k: v for k, v in downloads.items() if v}}, caption_fields)
+    return _finish(out, records, {"input": "img2dataset", "rows": rows, "unreadable_shards": unreadable,
+                                  "failures": failures}, caption_fields)
+
+
+def _download_stats(path: Path) -> dict:
+    """An img2dataset ``NNNNN_stats.json``; {} when missing or unreadable."""
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def _unreadable_shard(source: Path, kept: int, error: str) -> dict:
+    """Stats entry of an input shard that breaks off: path, error, samples kept (those before the break) and
+    samples lost (img2dataset's count of samples written to it, less those kept; null without its stats file)."""
+    written = _download_stats(source.with_name(f"{source.stem}_stats.json")).get("successes")
+    lost = max(written - kept, 0) if isinstance(written, int) else None
+    return {"path": str(source), "error": error, "samples_kept": kept, "samples_lost": lost}
 
 
 def _split_pieces(pieces: list[Piece], size: int) -> list[list[Piece]]:

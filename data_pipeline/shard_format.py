@@ -8,6 +8,9 @@ up to its first dot, so keys hold no dots):
   may hold a list of captions, e.g. COCO's five) plus metadata (``url``, ``width``, ``height``, ...);
 * ``<key>.txt`` -- optional; img2dataset writes its caption column there: it counts as ``raw`` when the json has
   no ``raw`` field, so img2dataset output is readable as-is.
+
+Images are turned into RGB by ``rgb_image``, which rescales high-bit-depth images (16-bit PNGs) instead of letting
+``convert("RGB")`` clip them to white.
 """
 from __future__ import annotations
 
@@ -72,6 +75,40 @@ def image_member(sample: dict) -> tuple[str, bytes]:
         if ext in sample:
             return ext, sample[ext]
     raise BadSample("missing_image")
+
+
+def is_high_bit_depth(image) -> bool:
+    """Whether a PIL image's mode holds more than 8 bits per value (``I;16*``, 32-bit ``I``, float ``F``)."""
+    return image.mode in ("I", "F") or image.mode.startswith("I;16")
+
+
+def rgb_image(image):
+    """A PIL image in RGB mode (an RGB image is returned as-is). ``convert("RGB")`` clips high-bit-depth values to
+    white, so those images are rescaled to 8 bits first (``_eight_bit``); other modes (L, P, RGBA, CMYK, ...) take
+    the usual ``convert``. 16-bit colour PNGs need nothing: PIL opens them as 8-bit RGB(A) already."""
+    if image.mode == "RGB":
+        return image
+    return (_eight_bit(image) if is_high_bit_depth(image) else image).convert("RGB")
+
+
+def _eight_bit(image):
+    """A high-bit-depth PIL image as 8-bit greyscale (mode L), scaled by its nominal full scale: 65535 for
+    ``I;16*`` (so 32896 -> 128); for ``I`` and ``F`` the first of 1.0 (floats only), 255, 65535, 2**31 - 1 that
+    holds the maximum (else the maximum). Images with negative values are stretched from minimum to maximum."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    if low < 0:
+        values, high = values - low, high - low
+        full = high or 1.0
+    elif image.mode.startswith("I;16"):
+        full = 65535
+    else:
+        scales = ((1.0,) if image.mode == "F" else ()) + (255, 65535, 2**31 - 1)
+        full = next((s for s in scales if high <= s), high)
+    return Image.fromarray(np.clip(np.rint(values * (255 / full)), 0, 255).astype(np.uint8))
 
 
 def encode_sample(key: str, image_ext: str, image: bytes, fields: dict) -> dict:

@@ -5,10 +5,12 @@ stores through their CLIs) and the URL schemes it knows. A seekable (local) shar
 headers only; a stream (``pipe:``) has to read the skipped bytes, but never decodes them.
 
 A corrupt, truncated or missing shard never raises: every sample of the range that could not be read is
-returned as ``LOST`` (skip reason ``tar_error``), so a range always yields exactly the planned number of items.
+returned as ``LOST`` (skip reason ``tar_error``), so a range always yields exactly the planned number of items;
+the first such loss in each shard prints one warning line to stderr naming the shard, sample offset and error.
 """
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import webdataset as wds
@@ -18,6 +20,7 @@ from data_pipeline.shard_format import split_name
 from data_pipeline.tar_members import Member, iter_members
 
 LOST = None  # placeholder for a planned sample that could not be read
+_WARNED: set[str] = set()  # shards whose losses this process has reported
 
 
 def _open(url: str):
@@ -64,8 +67,7 @@ def _samples_from(members: Iterator[Member], start: int) -> Iterator[dict]:
 def read_piece(piece: Piece) -> Iterator[dict | None]:
     """Exactly ``piece.stop - piece.start`` items: sample dicts (member bytes by extension) or LOST."""
     wanted = piece.stop - piece.start
-    produced = 0
-    stream = None
+    produced, error, stream = 0, "the shard holds fewer samples than planned", None
     try:
         stream, members = _open(piece.url)
         if wanted > 0:
@@ -74,13 +76,29 @@ def read_piece(piece: Piece) -> Iterator[dict | None]:
                 yield sample
                 if produced == wanted:
                     break
-    except Exception:  # corrupt or truncated tar, missing file, failed pipe: the rest of the piece is lost
-        pass
+    except Exception as exc:  # corrupt or truncated tar, missing file, failed pipe: the rest of the piece is lost
+        error = _describe(exc)
     finally:
         if stream is not None:
             _close(stream)
+    if produced < wanted:
+        _warn_lost(piece.url, piece.start + produced, wanted - produced, error)
     for _ in range(wanted - produced):
         yield LOST
+
+
+def _describe(error: BaseException) -> str:
+    """``TarError: bad header checksum``."""
+    return f"{type(error).__name__}: {error}"
+
+
+def _warn_lost(url: str, offset: int, count: int, error: str) -> None:
+    """One stderr line per shard and process, so the shard behind ``tar_error`` skips can be found."""
+    if url in _WARNED:
+        return
+    _WARNED.add(url)
+    print(f"warning: shard {url} is unreadable from sample {offset} on ({error}): {count} planned sample(s) "
+          "counted as tar_error; later losses in this shard are not reported", file=sys.stderr, flush=True)
 
 
 def read_pieces(pieces: list[Piece]) -> Iterator[dict | None]:
@@ -88,13 +106,43 @@ def read_pieces(pieces: list[Piece]) -> Iterator[dict | None]:
         yield from read_piece(piece)
 
 
-def count_samples(url: str) -> int:
-    """Samples in a shard, from its tar headers (no member data is read from a local shard)."""
-    stream, members = _open(url)
+def scan_shard(url: str) -> tuple[int, str | None]:
+    """(samples, None) for a readable shard, from its tar headers (no member data is read from a local shard).
+    A shard that breaks off gives (the samples before the break, the error): the sample being read when it broke
+    is lost too (its members may be cut). A zero-byte file is an error, not an empty shard."""
+    stream, index = None, -1
     try:
-        index = -1
+        stream, members = _open(url)
         for index, *_ in _sample_members(members):
             pass
-        return index + 1
+        if index < 0 and _at_start(stream):
+            return 0, "empty file: not a tar"
+        return index + 1, None
+    except Exception as exc:
+        return max(index, 0), _describe(exc)
+    finally:
+        if stream is not None:
+            _close(stream)
+
+
+def _at_start(stream) -> bool:
+    """Whether nothing was read from ``stream`` (False when that cannot be told, as for a pipe)."""
+    try:
+        return stream.tell() == 0
+    except Exception:
+        return False
+
+
+def sample_keys(piece: Piece) -> list[str]:
+    """The keys of a piece's samples, from tar headers (no member data is read from a local shard)."""
+    stream, members = _open(piece.url)
+    try:
+        keys = []
+        for index, key, _, _ in _sample_members(members):
+            if index >= piece.stop:
+                break
+            if index >= piece.start + len(keys):
+                keys.append(key)
+        return keys
     finally:
         _close(stream)

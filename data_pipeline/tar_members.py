@@ -74,8 +74,16 @@ def _exactly(stream: BinaryIO, size: int) -> bytes:
 
 
 def _skipper(stream: BinaryIO, seekable: bool) -> Callable[[int], None]:
+    """Skip ``size`` bytes; raises TarError where the data is cut short (a seek past the end of the file)."""
     if seekable:
-        return lambda size: stream.seek(size, 1) if size else None
+        here = stream.tell()
+        end = stream.seek(0, 2)
+        stream.seek(here)
+
+        def seek(size: int) -> None:
+            if size and stream.seek(size, 1) > end:
+                raise TarError(f"unexpected end of data (the file ends at byte {end})")
+        return seek
 
     def skip(size: int) -> None:
         while size:

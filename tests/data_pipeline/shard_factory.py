@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -24,6 +26,17 @@ def jpeg(colour="red", size=16) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def png16(value: int, channels: int = 1, size: int = 4) -> bytes:
+    """A 16-bit PNG (grey, RGB or RGBA by ``channels``) filled with ``value``, written by hand: PIL cannot write
+    16-bit colour."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    row = b"\x00" + struct.pack(">H", value) * channels * size  # filter byte 0, then big-endian samples
+    header = struct.pack(">IIBBBBB", size, size, 16, {1: 0, 3: 2, 4: 6}[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * size))
+            + chunk(b"IEND", b""))
 
 
 def captions(key: str) -> dict:

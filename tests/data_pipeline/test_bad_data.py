@@ -8,8 +8,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, DataStopped, build_train_loader
-from data_pipeline.manifest import load_manifest, subset, write_manifest
+from data_pipeline.manifest import Piece, load_manifest, subset, write_manifest
 from data_pipeline.progress import LoaderProgress
+from data_pipeline.shard_reader import LOST, read_piece, read_pieces
 from lmm.sequence import SequenceLayout
 from lmm.training.metrics import MetricsLogger
 from shard_factory import captions, jpeg, to_tensor, write_shards
@@ -75,6 +76,21 @@ def test_truncated_tar_keeps_the_samples_before_the_cut(tmp_path, tokenizer):
     assert 2 <= len(good) < 8 and good == [f"s000_{i:04d}" for i in range(len(good))]
     assert position["skipped"]["tar_error"] >= 8 - len(good) - 1  # the sample cut in half may lack its json
     assert sum(position["skipped"].values()) == position["seen"] - 5
+
+
+def test_lost_samples_name_their_shard_once_on_stderr(tmp_path, capsys):
+    write_shards(tmp_path, [8])
+    shard = tmp_path / "s000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 + 300])
+    items = list(read_pieces([Piece(str(shard), 0, 8), Piece(str(shard), 5, 8)]))  # the second range: no 2nd line
+    first_lost = items.index(LOST)
+    assert len(items) == 11 and 2 <= first_lost < 8 and all(x is LOST for x in items[first_lost:])
+    assert list(read_piece(Piece(str(tmp_path / "gone.tar"), 3, 5))) == [LOST, LOST]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert str(shard) in lines[0] and f"from sample {first_lost} on" in lines[0] and "TarError" in lines[0]
+    assert str(tmp_path / "gone.tar") in lines[1] and "from sample 3 on" in lines[1] and "FileNotFound" in lines[1]
 
 
 def test_all_bad_data_stops_with_a_clear_error_instead_of_hanging(tmp_path, tokenizer):

@@ -1,20 +1,29 @@
 """The prepare command: caption tables (parquet, JSONL; COCO-style grouping; the CapsFusion-120M preset) and
-img2dataset folders -> fixed-size shards, manifest and stats; resumable and idempotent; readable by the loader."""
+img2dataset folders -> fixed-size shards, manifest and stats; resumable and idempotent; readable by the loader;
+broken input shards named in the stats instead of stopping the run; high-bit-depth images rescaled to 8 bits."""
 import hashlib
+import io
 import json
+import re
+import tarfile
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream
 from data_pipeline.manifest import load_manifest, subset
+from data_pipeline.prepare import PRESETS, _mapped_fields
 from data_pipeline.prepare import main as prepare
-from data_pipeline.shard_reader import count_samples
+from data_pipeline.shard_format import rgb_image
+from data_pipeline.shard_reader import scan_shard
 from lmm.sequence import SequenceLayout
-from shard_factory import jpeg, to_tensor
+from shard_factory import jpeg, png16, to_tensor
 
 
 def read_all(manifest):
@@ -131,6 +140,7 @@ def test_img2dataset_folder_repacked_into_fixed_size_shards(tmp_path, tokenizer)
     first = samples[0]["json"]
     assert first["raw"] == "alt text 000000000" and first["capsfusion"] == "fused 000000000"
     assert first["synthetic"] == "synthetic 000000000" and first["original_width"] == 640
+    assert first["url"] == "http://x/000000000.jpg"  # the preset's image_url is absent: img2dataset's url
     assert [s["__key__"] for s in samples] == [s["json"]["source_key"] for s in samples]
 
 
@@ -138,7 +148,7 @@ def test_img2dataset_layout_read_as_is(tmp_path, tokenizer):
     """--in-place: a manifest over img2dataset's own tars; .txt is the raw caption for the loader."""
     write_img2dataset(tmp_path / "dl", extra=False)
     stats = prepare(["img2dataset", str(tmp_path / "dl"), "--out", str(tmp_path / "dl"), "--in-place"])
-    assert stats["samples"] == 7 and [count_samples(str(tmp_path / "dl" / "00000.tar"))] == [4]
+    assert stats["samples"] == 7 and scan_shard(str(tmp_path / "dl" / "00000.tar")) == (4, None)
     pieces = subset(load_manifest(tmp_path / "dl" / "manifest.json"), 7)
     layout = SequenceLayout(tokenizer, 4, 16)
     stream = CaptionStream(pieces, CaptionSelector("raw"), to_tensor, layout, 0, 1, 1, shuffle_buffer=1)
@@ -148,3 +158,93 @@ def test_img2dataset_layout_read_as_is(tmp_path, tokenizer):
                                                                              (2, 4), (2, 5), (2, 6)]]
     first = examples[[e["key"] for e in examples].index("000000000")]
     assert first["labels"] == layout.training_example("alt text 000000000")[1]
+
+
+def test_preset_url_prefers_image_url_and_falls_back_to_url():
+    columns = PRESETS["capsfusion120m"]
+    assert _mapped_fields({"image_url": "http://a", "url": "http://b", "laion_2b": "c"}, columns)["url"] == "http://a"
+    assert _mapped_fields({"url": "http://b", "laion_2b": "c"}, columns) == {"url": "http://b", "raw": "c"}
+
+
+def broken(data: bytes, kind: str) -> bytes:
+    """A broken copy of a 4-sample img2dataset tar (members key.jpg, key.json, key.txt)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        third = archive.getmembers()[6]  # sample 2's jpg
+    return {"not_a_tar": b"<html>404 not found</html>\n" * 40, "zero_bytes": b"", "cut_in_first_header": data[:300],
+            "cut_mid_header": data[:third.offset + 100],
+            "cut_mid_member": data[:third.offset_data + third.size // 2]}[kind]
+
+
+@pytest.mark.parametrize("kind, kept, error", [
+    ("not_a_tar", 0, "TarError: (bad header checksum|bad number)"), ("zero_bytes", 0, "empty file"),
+    ("cut_in_first_header", 0, "TarError: truncated header"),
+    ("cut_mid_header", 1, "TarError: truncated header"),  # sample 1 may lack members: lost with the rest
+    ("cut_mid_member", 2, "TarError: unexpected end of data")])
+def test_broken_input_shard_is_named_and_the_rest_prepared(tmp_path, capsys, kind, kept, error):
+    write_img2dataset(tmp_path / "dl")  # 00000.tar: 4 samples (img2dataset's stats say so), 00002.tar: 3
+    shard = tmp_path / "dl" / "00000.tar"
+    shard.write_bytes(broken(shard.read_bytes(), kind))
+    stats = prepare(["img2dataset", str(tmp_path / "dl"), "--out", str(tmp_path / "out"), "--samples-per-shard", "2",
+                     "--workers", "2"])
+    [entry] = stats["unreadable_shards"]
+    assert entry == {"path": str(shard), "error": entry["error"], "samples_kept": kept, "samples_lost": 4 - kept}
+    assert re.match(error, entry["error"]) and str(shard) in capsys.readouterr().out  # the printed summary
+    assert stats["samples"] == kept + 3 and stats["failures"] == {"download_failed": 6, "tar_error": 4 - kept}
+    assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
+    keys = [s["__key__"] for s in read_all(tmp_path / "out" / "manifest.json")]
+    assert keys == [f"00000{k:04d}" for k in range(kept)] + ["000020004", "000020005", "000020006"]
+
+
+def test_in_place_manifest_over_a_broken_shard_without_download_stats(tmp_path):
+    write_img2dataset(tmp_path / "dl")
+    (tmp_path / "dl" / "00003.tar").write_bytes(b"")
+    stats = prepare(["img2dataset", str(tmp_path / "dl"), "--out", str(tmp_path / "dl"), "--in-place"])
+    assert stats["unreadable_shards"] == [{"path": str(tmp_path / "dl" / "00003.tar"), "error": "empty file: not a tar",
+                                           "samples_kept": 0, "samples_lost": None}]  # no 00003_stats.json
+    assert stats["samples"] == 7 and "tar_error" not in stats["failures"]
+
+
+def grey(value: float, mode: str) -> Image.Image:
+    """A 4x4 image of one value in a high-bit-depth mode."""
+    if mode == "I;16B":
+        return Image.frombytes(mode, (4, 4), np.full((4, 4), value, ">u2").tobytes())
+    return Image.fromarray(np.full((4, 4), value, {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+
+
+@pytest.mark.parametrize("mode, value, expected", [
+    ("I;16", 32896, 128), ("I;16", 65535, 255), ("I;16B", 32896, 128), ("I", 32896, 128), ("I", 200, 200),
+    ("I", 2**30, 128), ("F", 0.5, 128), ("F", 32896.0, 128)])
+def test_high_bit_depth_images_are_rescaled_not_clipped(mode, value, expected):
+    image = grey(value, mode)
+    assert image.mode == mode and rgb_image(image).mode == "RGB"
+    assert rgb_image(image).getpixel((0, 0)) == (expected,) * 3
+
+
+def test_rgb_image_passes_ordinary_images_to_convert():
+    rgb = Image.new("RGB", (2, 2), "red")
+    assert rgb_image(rgb) is rgb
+    for image in (Image.new("L", (2, 2), 77), Image.new("CMYK", (2, 2), (0, 255, 255, 0)), rgb.convert("P"),
+                  Image.new("RGBA", (2, 2), (10, 20, 30, 40))):
+        assert rgb_image(image).tobytes() == image.convert("RGB").tobytes()
+    stretched = rgb_image(Image.fromarray(np.array([[-1.0, 0.0, 1.0]], np.float32)))  # negative: min..max
+    assert [stretched.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
+def test_prepare_rescales_16_bit_images(tmp_path):
+    assert Image.open(io.BytesIO(png16(32896))).convert("RGB").getpixel((0, 0)) == (255,) * 3  # convert clips
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "grey16.png").write_bytes(png16(32896))
+    (folder / "rgb16.png").write_bytes(png16(32896, channels=3))  # PIL opens it as 8-bit RGB already
+    grey(32896, "I;16").save(folder / "grey16.tif")  # another format: re-encoded as JPEG
+    grey(0.5, "F").save(folder / "float.tif")
+    names = ["grey16.png", "rgb16.png", "grey16.tif", "float.tif"]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"image": n, "raw": n}) for n in names))
+    stats = prepare(["table", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "out"), "--image-root", str(folder),
+                     "--workers", "1"])
+    assert stats["samples"] == 4 and stats["failures"] == {}
+    samples = read_all(tmp_path / "out" / "manifest.json")
+    assert [next(e for e in ("png", "jpg") if e in s) for s in samples] == ["png", "png", "jpg", "jpg"]
+    for sample in samples:
+        image = Image.open(io.BytesIO(sample.get("png") or sample["jpg"]))
+        assert image.mode == "RGB" and abs(image.getpixel((1, 1))[0] - 128) <= 1, sample["json"]["raw"]
