@@ -41,5 +41,6 @@ setup(
         "lmm-convert-weights=launch.convert_weights:main",
         "lmm-submit=launch.submit:main",
         "lmm-prepare=data_pipeline.prepare:main",
+        "lmm-check-ledger=launch.check_ledger:main",
     ]},
 )

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     global_batch = args.micro_batch * args.accumulation
     config = load_config(args.config, [
         *args.overrides, "model.vision.pretrained=null", "model.llm.pretrained=null", "model.tokenizer.path=null",
-        "model.allow_random_frozen=true",
+        "model.allow_random_frozen=true", "train.warmup_steps=1",
         f"train.micro_batch_size={args.micro_batch}", f"train.global_batch_size={global_batch}",
         f"data.num_samples={global_batch * (args.steps + args.warmup)}"])
     vocab = SyntheticVocabulary(config.model.tokenizer.vocab_size)

@@ -38,13 +38,15 @@ from torchvision import transforms as T
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.manifest import EpochPlan, Piece, ShardEntry
-from data_pipeline.shard_format import BadSample, image_member, sample_fields
+from data_pipeline.shard_format import BadSample, image_member, rgb_image, sample_fields
 from data_pipeline.shard_reader import LOST, read_piece, read_pieces
 from lmm.sequence import SequenceLayout
 
 
-def fresh_position() -> dict:
-    return {"epoch": 0, "window": 0, "emitted": 0, "seen": 0, "skipped": {}, "shard": None, "offset": 0}
+def fresh_position(epoch: int = 0) -> dict:
+    """Before the first sample of ``epoch`` (``carry``: carry-over samples emitted, see ``CaptionStream``)."""
+    return {"epoch": epoch, "window": 0, "emitted": 0, "seen": 0, "skipped": {}, "shard": None, "offset": 0,
+            "carry": 0}
 
 
 class DataStopped(RuntimeError):
@@ -120,19 +122,22 @@ class CaptionStream(IterableDataset):
     """An endless, seeded stream of tokenized (image, caption) training examples for one rank.
 
     ``positions``: this rank's saved worker positions (logical worker -> position dict), ``consumed_batches``:
-    batches the trainer took before the resume (it sets which physical worker plays which logical one).
+    batches the trainer took before the resume (it sets which physical worker plays which logical one),
+    ``carry``: per logical worker, the samples another world size left to this rank (read before its epochs).
     """
 
     def __init__(self, pieces: list[Piece], select: CaptionSelector, transform: Callable, layout: SequenceLayout,
                  rank: int, world_size: int, micro_batch_size: int, seed: int = 0, shuffle_buffer: int = 1000,
-                 positions: list[dict] | None = None, consumed_batches: int = 0):
+                 positions: list[dict] | None = None, consumed_batches: int = 0,
+                 carry: list[list[list[int]]] | None = None):
         super().__init__()
         self.pieces, self.select, self.layout = pieces, select, layout
         pil_stage, self.normalize = split_transform(transform)
         self.transform = _uint8_image(pil_stage) if self.normalize else transform
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
         self.seed, self.shuffle_buffer = seed, max(1, shuffle_buffer)
-        self.positions, self.consumed_batches = positions, consumed_batches
+        self.positions, self.consumed_batches, self.carry = positions, consumed_batches, carry
+        self._plans, self._start_cache = {}, (None, {})
 
     def _logical_worker(self) -> tuple[int, int]:
         """(logical worker, workers). A resumed DataLoader restarts its round-robin at physical worker 0, so
@@ -148,39 +153,70 @@ class CaptionStream(IterableDataset):
         worker, num_workers = self._logical_worker()
         slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
         position = dict(self.positions[worker]) if self.positions is not None else fresh_position()
-        epoch, window, emitted = position["epoch"], position["window"], position["emitted"]
-        seen, skipped, bad_run = position["seen"], Counter(position["skipped"]), 0
-        size = self.shuffle_buffer
+        carry = self.carry[worker] if self.carry else []
+        counts = _Counts(position["seen"], Counter(position["skipped"]),
+                         EpochPlan(self.pieces, slots, self.seed, position["epoch"]).samples_per_slot, slot)
+        done = position.get("carry", 0)
+        for done, (epoch, raw) in enumerate(self._carried(carry, done), start=done + 1):
+            example = counts.example(self._example, raw, epoch)
+            if example is not None:
+                example["position"] = (worker, {**position, **counts.state(), "carry": done})
+                yield example
+        epoch, start = position["epoch"], position["window"] * self.shuffle_buffer + position["emitted"]
         while True:
-            plan = EpochPlan(self.pieces, slots, self.seed, epoch)
-            share = plan.samples_per_slot
-            pieces = plan.slot_range(slot, window * size)
-            if pieces and position.get("shard") is not None:
-                _check_resume_point(position, pieces[0], worker)
-                position["shard"] = None  # checked once, on the first window after a resume
-            raw_samples = read_pieces(pieces)
-            for window in range(window, -(-share // size)):
-                count = min(size, share - window * size)
-                window_samples = list(islice(raw_samples, count))
-                start = _window_start(plan, slot, window * size)
-                for emitted, index in enumerate(window_order(self.seed, epoch, slot, window, count)[emitted:],
-                                                start=emitted + 1):
-                    raw, window_samples[index] = window_samples[index], None
-                    seen += 1
-                    try:
-                        example = self._example(raw, epoch)
-                    except BadSample as bad:
-                        skipped[bad.reason] += 1
-                        bad_run += 1
-                        if bad_run >= share:
-                            raise DataStopped(_no_usable_data(slot, bad_run, skipped)) from None
-                        continue
-                    bad_run = 0
+            plan = self._plan(slots, epoch)
+            if position.get("shard") is not None:  # checked once, on the first window after a resume
+                _check_resume_point(position, _window_start(plan, slot, start - start % self.shuffle_buffer), worker)
+                position["shard"] = None
+            for index, raw in self._emissions(plan, epoch, slot, start, plan.samples_per_slot):
+                example = counts.example(self._example, raw, epoch)
+                if example is not None:
+                    window, emitted = divmod(index + 1, self.shuffle_buffer)
                     example["position"] = (worker, {"epoch": epoch, "window": window, "emitted": emitted,
-                                                    "seen": seen, "skipped": dict(skipped), **start})
+                                                    **counts.state(), "carry": done,
+                                                    **self._window_start(plan, slot, window)})
                     yield example
-                emitted = 0
-            epoch, window = epoch + 1, 0
+            epoch, start = epoch + 1, 0
+
+    def _plan(self, slots: int, epoch: int) -> EpochPlan:
+        key = (slots, epoch)
+        if key not in self._plans:
+            self._plans = {key: EpochPlan(self.pieces, slots, self.seed, epoch), **dict(list(self._plans.items())[-3:])}
+        return self._plans[key]
+
+    def _window_start(self, plan: EpochPlan, slot: int, window: int) -> dict:
+        key = (id(plan), slot, window)
+        if self._start_cache[0] != key:
+            self._start_cache = (key, _window_start(plan, slot, window * self.shuffle_buffer))
+        return self._start_cache[1]
+
+    def _emissions(self, plan: EpochPlan, epoch: int, slot: int, begin: int, end: int) -> Iterator[tuple[int, dict]]:
+        """(emission index, raw sample) for emissions ``[begin, end)`` of ``slot``'s share of ``epoch``: the share
+        read in windows of ``shuffle_buffer`` samples, each emitted in its seeded order (``window_order``)."""
+        size, share = self.shuffle_buffer, plan.samples_per_slot
+        end = min(end, share)
+        if begin >= end:
+            return
+        first, last = begin // size, (end - 1) // size
+        raw_samples = read_pieces(plan.slot_range(slot, first * size, min(share, (last + 1) * size)))
+        for window in range(first, last + 1):
+            count = min(size, share - window * size)
+            window_samples = list(islice(raw_samples, count))
+            order = window_order(self.seed, epoch, slot, window, count)
+            for j in range(max(begin - window * size, 0), min(end - window * size, count)):
+                raw, window_samples[order[j]] = window_samples[order[j]], None
+                yield window * size + j, raw
+
+    def _carried(self, items: list[list[int]], done: int) -> Iterator[tuple[int, dict]]:
+        """(epoch, raw sample) of the carry-over ``items`` after the first ``done``: ranges of another slot
+        layout's emissions (``[slots, epoch, slot, begin, end]``, see ``data_pipeline.progress.reshard``)."""
+        for slots, epoch, slot, begin, end in items:
+            if done >= end - begin:
+                done -= end - begin
+                continue
+            for _, raw in self._emissions(self._plan(slots, epoch), epoch, slot, begin + done, end):
+                yield epoch, raw
+            done = 0
 
     def _example(self, raw: dict | None, epoch: int) -> dict:
         """Caption selection, tokenization, then image decoding; raises BadSample."""
@@ -192,11 +228,36 @@ class CaptionStream(IterableDataset):
         _, data = image_member(raw)
         try:
             image = Image.open(io.BytesIO(data))
-            pixels = self.transform(image if image.mode == "RGB" else image.convert("RGB"))
+            pixels = self.transform(rgb_image(image))
         except Exception:  # PIL raises many types on corrupt data
             raise BadSample("bad_image") from None
         input_ids, labels = self.layout.training_example(caption)
         return {"pixels": pixels, "input_ids": input_ids, "labels": labels, "key": raw["__key__"]}
+
+
+class _Counts:
+    """Samples read and skipped (by reason) by one loader slot; stops the run when a whole epoch share in a row
+    was unusable."""
+
+    def __init__(self, seen: int, skipped: Counter, share: int, slot: int):
+        self.seen, self.skipped, self.share, self.slot, self.bad_run = seen, skipped, share, slot, 0
+
+    def example(self, build: Callable, raw, epoch: int) -> dict | None:
+        """``build(raw, epoch)``, or None for a skipped sample (counted)."""
+        self.seen += 1
+        try:
+            example = build(raw, epoch)
+        except BadSample as bad:
+            self.skipped[bad.reason] += 1
+            self.bad_run += 1
+            if self.bad_run >= self.share:
+                raise DataStopped(_no_usable_data(self.slot, self.bad_run, self.skipped)) from None
+            return None
+        self.bad_run = 0
+        return example
+
+    def state(self) -> dict:
+        return {"seen": self.seen, "skipped": dict(self.skipped)}
 
 
 def _window_start(plan: EpochPlan, slot: int, offset: int) -> dict:
@@ -205,12 +266,13 @@ def _window_start(plan: EpochPlan, slot: int, offset: int) -> dict:
     return {"shard": pieces[0].url, "offset": pieces[0].start} if pieces else {"shard": None, "offset": 0}
 
 
-def _check_resume_point(position: dict, piece: Piece, worker: int) -> None:
+def _check_resume_point(position: dict, planned: dict, worker: int) -> None:
     """The saved window start must be where the current plan starts it (shards may have moved: names count)."""
-    if (os.path.basename(position["shard"]), position["offset"]) != (os.path.basename(piece.url), piece.start):
+    if planned["shard"] is None or ((os.path.basename(position["shard"]), position["offset"])
+                                    != (os.path.basename(planned["shard"]), planned["offset"])):
         raise ValueError(f"loader worker {worker}: the checkpoint resumes at {position['shard']} sample "
-                         f"{position['offset']}, but the current manifest / data config plans {piece.url} sample "
-                         f"{piece.start}: resume with the manifest, data.num_samples, data.seed, "
+                         f"{position['offset']}, but the current manifest / data config plans {planned['shard']} "
+                         f"sample {planned['offset']}: resume with the manifest, data.num_samples, data.seed, "
                          "data.shuffle_buffer, world size and data.num_workers of the checkpointed run")
 
 

@@ -1,8 +1,9 @@
 """Train one run: ``torchrun --nproc_per_node N -m launch.pretrain --config configs/demo.yaml key=value ...``.
 
 Under Slurm the same module is started by ``srun`` (see ``slurm/launch.sh``). Exit codes: 0 finished or
-requeued after a preemption checkpoint, 2 bad config (or frozen weight files that changed since the run's
-checkpoints), 75 stopped by a signal after a checkpoint without a
+requeued after a preemption checkpoint, 2 bad config (a bad key, a world size the global batch does not split
+over, a resume that changes what the run is, or frozen weight files that changed since the run's checkpoints),
+75 stopped by a signal after a checkpoint without a
 requeue (rerun to resume).
 
 Under ``srun --kill-on-bad-exit`` a rank that exits 75 first would get its siblings killed (the step then reports
@@ -26,13 +27,16 @@ STOP_MARKER_ENV = "LMM_STOP_MARKER"
 def run(config) -> int:
     """Train ``config`` in this process (one rank); returns the process exit code."""
     from lmm import distributed
+    from lmm.config import ConfigError
     from lmm.training.frozen_weights import FrozenWeightsError
+    from lmm.training.resume_guard import RunChangedError
     from lmm.training.trainer import train
     try:
         try:
             _, outcome = train(config)
-        except FrozenWeightsError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        except (ConfigError, FrozenWeightsError, RunChangedError) as err:  # raised before anything was written
+            if distributed.detect_env().is_main:
+                print(f"error: {err}", file=sys.stderr, flush=True)
             return EXIT_BAD_CONFIG
         if outcome is not StopOutcome.NOT_REQUEUED:
             return 0

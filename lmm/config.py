@@ -424,10 +424,10 @@ def check_run(config: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'data.mix': the ratios must sum to 1, got {sum(d.mix.values()):g} "
                           f"({', '.join(f'{k}: {v:g}' for k, v in d.mix.items())})")
     steps = total_steps(config)
-    if t.warmup_steps >= steps:
+    if t.warmup_steps > steps:
         raise ConfigError(f"config key 'train.warmup_steps': {t.warmup_steps} warmup steps, but the run has only "
                           f"{steps} optimizer steps (data.num_samples {d.num_samples} // train.global_batch_size "
-                          f"{t.global_batch_size}); the LR would never leave warmup")
+                          f"{t.global_batch_size}); the LR would never reach its peak")
     check_eval(config.eval)
 
 

@@ -1,5 +1,6 @@
 """Two real DeepSpeed ranks (torchrun, gloo, ZeRO-2): the loss falls, a resumed run continues from the saved step
-and ends with the same weights as an uninterrupted run, and the checkpoints evaluate and plot."""
+and ends with the same weights as an uninterrupted run, a run resumes on another number of ranks and workers
+(past a damaged checkpoint) reading every sample once, and the checkpoints evaluate and plot."""
 import json
 
 import pytest
@@ -7,13 +8,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import REPO_ROOT, assert_same_weights, consolidated_weights, tiny_overrides
 from launch.local import torchrun
+from launch.check_ledger import planned_keys
+from lmm.training import sample_ledger
 from lmm.training.checkpoint import complete_checkpoints, read_meta
 
 STEPS = 8  # 128 samples / global batch 16
 
 
-def pretrain(world, out, *extra):
-    return torchrun(2, "launch.pretrain", ["--config", str(REPO_ROOT / "configs/demo.yaml"),
+def pretrain(world, out, *extra, ranks=2):
+    return torchrun(ranks, "launch.pretrain", ["--config", str(REPO_ROOT / "configs/demo.yaml"),
                                            *tiny_overrides(world, out, "data.num_samples=128",
                                                            "train.checkpoint_every=4", "train.lr=6e-3",
                                                            "train.min_lr=6e-4", *extra)],
@@ -76,3 +79,37 @@ def test_checkpoints_evaluate_on_one_rank_and_plot(runs, tmp_path):
     assert sorted({e.step for e in events.Scalars("eval/demo_world_test/CIDEr")}) == [0, 64, 128]
     assert plot([str(results), "--out", str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def elastic(demo_world, tmp_path_factory):
+    """2 ranks x 2 workers to step 5, 1 rank x 1 worker to step 7 (its step-7 checkpoint is then truncated), 2
+    ranks x 1 worker to the end from step 6: ZeRO partitions and loader positions re-dealt twice."""
+    out = tmp_path_factory.mktemp("elastic") / "run"
+    logs = [pretrain(demo_world, out, "train.sample_ledger=true", "data.num_workers=2", "train.max_steps=5").stdout,
+            pretrain(demo_world, out, "train.sample_ledger=true", "train.max_steps=7", "train.checkpoint_every=1",
+                     ranks=1).stdout]
+    damaged = complete_checkpoints(out)[-1] / "mp_rank_00_model_states.pt"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    logs.append(pretrain(demo_world, out, "train.sample_ledger=true").stdout)
+    return out, logs
+
+
+def test_resume_on_other_ranks_reads_every_sample_once_and_keeps_the_schedule(elastic, runs):
+    from launch.check_ledger import main as check_ledger
+
+    out, logs = elastic
+    assert "on 1 ranks (re-partitioned)" in logs[1] and "on 2 ranks (re-partitioned)" in logs[2]
+    assert "skipping checkpoint" in logs[2] and "global_step7: mp_rank_00_model_states.pt has 1,000 bytes" in logs[2]
+    firsts = [next(line for line in log.splitlines() if line.startswith("step ")) for log in logs]
+    assert [f.split()[1] for f in firsts] == ["1", "6", "7"]  # the third leg fell back to the step-6 checkpoint
+    full = dict(scalars(runs[0] / "full", "train/lr"))
+    elastic_lr = dict(scalars(out, "train/lr"))
+    assert elastic_lr == pytest.approx(full)  # the LR schedule went on across both re-partitions
+    summary = sample_ledger.summarise(sample_ledger.read(out), planned_keys(out))
+    assert summary == {**summary, "steps": STEPS, "trained": 128, "repeats": 0, "unread": 0, "foreign": 0,
+                       "missing_steps": []}
+    assert check_ledger([str(out)]) == 0
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["changed"]["data.num_workers"] == {"was": 2, "now": 1}
+    assert history[0]["resumed_at_step"] == 5 and history[1]["resumed_at_step"] == 6

@@ -4,12 +4,16 @@ The engine state (model, optimizer, scheduler, ZeRO partitions) is written by De
 state (step, samples seen, loader position) travels in DeepSpeed's ``client_state``. Frozen weights loaded from
 files are left out (``lmm.training.frozen_weights``: the checkpoint's ``frozen_weights.json`` names the files).
 ``meta.json`` is written last, atomically, by rank 0 after every rank finished: a checkpoint without it is
-incomplete and is ignored.
+incomplete and is ignored. It lists every file of the checkpoint with its size, so a checkpoint damaged later (a
+truncated copy, a full disk) is recognised before DeepSpeed reads it: a resume skips it with a warning and takes
+the previous one.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import sys
+import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmm import distributed
@@ -31,6 +35,8 @@ class CheckpointMeta:
     samples_seen: int
     zero_stage: int
     config_digest: str
+    world_size: int = 0  # ranks that wrote it (0: unknown, older checkpoints)
+    files: dict[str, int] = field(default_factory=dict)  # every file (relative path) -> size in bytes
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -57,23 +63,61 @@ def save(engine, output_dir: str | Path, meta: CheckpointMeta, client_state: dic
     path = root / tag_for(meta.step)
     if distributed.detect_env().is_main:
         frozen_weights.write(path, frozen)
-        write_json_atomic(path / META_FILE, asdict(meta))
+        files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
+        write_json_atomic(path / META_FILE, {**asdict(meta), "files": files})
     distributed.barrier()
     return path
 
 
-def resume(engine, output_dir: str | Path, model: ModelConfig) -> dict | None:
-    """Load the newest complete checkpoint into ``engine``; returns its client state, or None if there is none.
-    Frozen weights the checkpoint left out must be the unchanged files ``model`` names (FrozenWeightsError)."""
-    latest = latest_checkpoint(output_dir)
-    if latest is None:
-        return None
-    frozen_weights.verify(latest, model)
-    _, client_state = engine.load_checkpoint(str(latest.parent), tag=latest.name,
-                                             load_module_strict=not frozen_weights.excludes_frozen(latest))
+def resume(engine, checkpoint: str | Path, model: ModelConfig, universal: Path | None = None) -> dict:
+    """Load ``checkpoint`` into ``engine`` (from its ``universal`` form when given: another world size); returns
+    its client state. Frozen weights it left out must be the unchanged files ``model`` names (FrozenWeightsError)."""
+    from lmm.safe_loading import safe_loading
+
+    checkpoint = Path(checkpoint)
+    frozen_weights.verify(checkpoint, model)
+    source = universal or checkpoint
+    with safe_loading():
+        _, client_state = engine.load_checkpoint(str(source.parent), tag=source.name,
+                                                 load_module_strict=not frozen_weights.excludes_frozen(checkpoint))
     if client_state is None:
-        raise RuntimeError(f"could not load checkpoint {latest}")
+        raise RuntimeError(f"could not load checkpoint {source}")
     return client_state
+
+
+def unreadable(checkpoint: str | Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a missing or truncated file), or None when it looks whole.
+    Cheap: sizes against ``meta.json``, and each ``.pt`` file's zip directory (it sits at the file's end)."""
+    checkpoint = Path(checkpoint)
+    try:
+        listed = json.loads((checkpoint / META_FILE).read_text()).get("files", {})
+    except (OSError, ValueError) as err:
+        return f"{META_FILE} unreadable ({err})"
+    for name, size in listed.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, {size:,} were written"
+    for path in sorted(checkpoint.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"{path.name} is not a readable torch file ({err})"
+    return None
+
+
+def newest_resumable(output_dir: str | Path, verbose: bool = True) -> Path | None:
+    """The newest complete checkpoint that is readable; newer damaged ones are skipped with a warning."""
+    for checkpoint in reversed(complete_checkpoints(checkpoint_root(output_dir))):
+        reason = unreadable(checkpoint)
+        if reason is None:
+            return checkpoint
+        if verbose:
+            print(f"[resume] warning: skipping checkpoint {checkpoint}: {reason}; trying the previous one",
+                  file=sys.stderr, flush=True)
+    return None
 
 
 def complete_checkpoints(output_dir_or_root: str | Path) -> list[Path]:
@@ -91,4 +135,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def read_meta(checkpoint: str | Path) -> CheckpointMeta:
-    return CheckpointMeta(**json.loads((Path(checkpoint) / META_FILE).read_text()))
+    fields = CheckpointMeta.__dataclass_fields__
+    return CheckpointMeta(**{k: v for k, v in json.loads((Path(checkpoint) / META_FILE).read_text()).items()
+                             if k in fields})

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -14,21 +15,22 @@ import torch
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
 from data_pipeline.manifest import load_manifest, subset
-from data_pipeline.progress import LoaderProgress, positions_for_rank
+from data_pipeline.progress import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from lmm import distributed
-from lmm.config import ExperimentConfig, stop_step
+from lmm.config import ExperimentConfig, check_world_size, stop_step
 from lmm.files import write_json_atomic
 from lmm.models.llm import pretrained_tokenizer_file
 from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
 from lmm.tokenizer import CaptionTokenizer, train_tokenizer
-from lmm.training import checkpoint, frozen_weights
+from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
 from lmm.training.optimizer_groups import parameter_groups
 from lmm.training.preemption import STOP, StopOutcome, StopRequest, requeue
+from lmm.training.sample_ledger import SampleLedger
 
 
 def seed_everything(seed: int) -> None:
@@ -44,21 +46,27 @@ def set_tf32(enabled: bool) -> None:
         torch.backends.cudnn.allow_tf32 = enabled
 
 
-def prepare_tokenizer(config: ExperimentConfig, env: distributed.DistEnv) -> ExperimentConfig:
-    """Return the config with ``model.tokenizer.path`` set: the pretrained decoder's ``tokenizer.model``, else one
-    trained on rank 0 on the training captions."""
+def with_tokenizer_path(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with ``model.tokenizer.path`` set: the given one, the pretrained decoder's ``tokenizer.model``,
+    else ``<output_dir>/tokenizer.model`` (trained on the training captions by ``train_tokenizer_once``)."""
     if config.model.tokenizer.path is not None:
         return config
     if config.model.llm.pretrained is not None:
         model_file = pretrained_tokenizer_file(config.model.llm)
     else:
         model_file = Path(config.output_dir) / "tokenizer.model"
-        if env.is_main and not model_file.is_file():
-            shards = load_manifest(config.data.train_manifest)
-            train_tokenizer(caption_corpus(shards), model_file, config.model.tokenizer.vocab_size)
-        distributed.barrier()
     return replace(config, model=replace(config.model, tokenizer=replace(config.model.tokenizer,
                                                                          path=str(model_file))))
+
+
+def train_tokenizer_once(config: ExperimentConfig, env: distributed.DistEnv) -> None:
+    """Rank 0 trains the run's own tokenizer when its file is missing (collective)."""
+    model_file = Path(config.model.tokenizer.path)
+    if config.model.llm.pretrained is None and model_file.parent == Path(config.output_dir):
+        if env.is_main and not model_file.is_file():
+            train_tokenizer(caption_corpus(load_manifest(config.data.train_manifest)), model_file,
+                            config.model.tokenizer.vocab_size)
+        distributed.barrier()
 
 
 def build_engine(config: ExperimentConfig, model: LMM, world_size: int, is_main: bool = False,
@@ -78,8 +86,9 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, engine, logger: MetricsLogger, step: int = 0,
                  consumed_batches: int = 0, data_progress: LoaderProgress | None = None,
-                 stop: StopRequest = STOP, frozen: dict | None = None):
+                 stop: StopRequest = STOP, frozen: dict | None = None, ledger: SampleLedger | None = None):
         self.config, self.engine, self.logger, self.stop = config, engine, logger, stop
+        self.ledger = ledger or SampleLedger(config.output_dir, 0, enabled=False)
         self.frozen = frozen or frozen_weights.describe(config.model)  # fingerprints of the files loaded
         self.step, self.consumed_batches = step, consumed_batches
         self.data_progress = data_progress or LoaderProgress(config.data.num_workers)
@@ -92,8 +101,10 @@ class Trainer:
 
     def train_step(self, batches: Iterator[dict]) -> None:
         """One optimizer step: forward/backward over ``gradient_accumulation_steps`` micro-batches."""
+        keys = []
         for _ in range(self.engine.gradient_accumulation_steps()):
             batch = next(batches)
+            keys += batch["keys"]
             self.consumed_batches += 1
             self.data_progress.observe(batch)
             loss = self.engine(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -102,6 +113,7 @@ class Trainer:
             self.losses.append(loss.detach())
             self.meter.add(len(batch["input_ids"]), int((batch["labels"] != IGNORE_INDEX).sum()))
         self.step += 1
+        self.ledger.add(self.step, keys)
 
     def log(self) -> None:
         """Reduce and write the metrics accumulated since the last call (collective)."""
@@ -119,7 +131,8 @@ class Trainer:
     def save(self) -> None:
         c = self.config
         meta = CheckpointMeta(c.run_name, c.data.caption_source, c.data.num_samples, self.step, self.samples_seen,
-                              c.train.zero_stage, c.digest())
+                              c.train.zero_stage, c.digest(), distributed.detect_env().world_size)
+        self.ledger.flush()  # before the checkpoint is complete: a complete checkpoint's steps are in the ledger
         checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
                                                           "consumed_batches": self.consumed_batches,
                                                           "data": self.data_progress.state_dict()}, self.frozen)
@@ -146,24 +159,72 @@ class Trainer:
         self.stopped_early = stopping and self.step < last
 
 
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from, and how (``universal``: its re-partitionable form, another world
+    size)."""
+    checkpoint: Path
+    step: int
+    universal: Path | None = None
+
+
+def find_resume_point(config: ExperimentConfig, env: distributed.DistEnv) -> ResumePoint | None:
+    """The newest readable checkpoint of the run, after the checks that must pass before anything is written:
+    the config may only change resumable keys (RunChangedError), the frozen weight files must be the same
+    (FrozenWeightsError)."""
+    output_dir = Path(config.output_dir)
+    latest = checkpoint.newest_resumable(output_dir, verbose=env.is_main)
+    if latest is None:
+        return None
+    step = checkpoint.read_meta(latest).step
+    saved = output_dir / RUN_CONFIG_FILE
+    if saved.is_file():
+        resume_guard.check(json.loads(saved.read_text()), config.to_dict(), output_dir, step)
+    frozen_weights.verify(latest, config.model)
+    saved_ranks = elastic.saved_world_size(latest)
+    needs_universal = saved_ranks is not None and saved_ranks != env.world_size
+    return ResumePoint(latest, step, elastic.universal_path(latest) if needs_universal else None)
+
+
+def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distributed.DistEnv) -> None:
+    """Rank 0: the run's history gets the allowed config changes, ``config.json`` the config now in force; the
+    ledger is cut back to the resumed step."""
+    output_dir = Path(config.output_dir)
+    if not env.is_main:
+        return
+    if start is not None:
+        saved = output_dir / RUN_CONFIG_FILE
+        if saved.is_file():
+            allowed = resume_guard.check(json.loads(saved.read_text()), config.to_dict(), output_dir, start.step)
+            resume_guard.record(output_dir, start.step, allowed)
+        sample_ledger.cut_back(output_dir, start.step)
+        how = f" on {env.world_size} ranks (re-partitioned)" if start.universal else ""
+        print(f"[resume] resuming from {start.checkpoint}{how}", file=sys.stderr, flush=True)
+    write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
+
+
 def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     """Run (or resume) one training run: the logged metric history, and how it ended early (requeued or not)
-    when a stop signal cut it short (None when it reached its last step)."""
+    when a stop signal cut it short (None when it reached its last step). Every check that can refuse the run
+    (config, world size, changed config or weights) happens before anything is written."""
     env = distributed.init_distributed(config.train.collective_timeout_s)
+    check_world_size(config, env.world_size)
     output_dir = Path(config.output_dir)
+    pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)
+    config = with_tokenizer_path(config)
+    start = find_resume_point(config, env)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)  # fails before training
-    config = prepare_tokenizer(config, env)
-    latest = checkpoint.latest_checkpoint(output_dir)
-    if latest is not None:  # refuse changed frozen weight files before anything is written or built
-        frozen_weights.verify(latest, config.model)
-    if env.is_main:
-        write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
+    distributed.barrier()
+    record_start(config, start, env)
+    train_tokenizer_once(config, env)
     seed_everything(config.seed)
     set_tf32(config.train.tf32)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     frozen = frozen_weights.describe(config.model)  # fingerprints of the files about to be loaded
     ds_config = build_deepspeed_config(config, env.world_size)
+    if start is not None and start.universal is not None:
+        elastic.convert(start.checkpoint)
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     model = build_lmm(config.model, tokenizer, precision_dtype(config.train.precision),
                       zero3_config=ds_config if config.train.zero_stage == 3 else None)
     if env.is_main:
@@ -172,18 +233,28 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     if env.is_main:
         print(json.dumps({"parameters": parameter_counts(model)}), flush=True)
 
-    state = checkpoint.resume(engine, output_dir, config.model) or {"step": 0, "consumed_batches": 0}
+    state = {"step": 0, "consumed_batches": 0}
+    if start is not None:
+        state = checkpoint.resume(engine, start.checkpoint, config.model, start.universal)
     d = config.data
-    positions = positions_for_rank(state.get("data"), env.rank, env.world_size, d.num_workers)
+    data_state = state.get("data")
+    if data_state is not None:
+        data_state, resharded = reshard(data_state, pieces, d.seed, d.shuffle_buffer, env.world_size, d.num_workers)
+        state["consumed_batches"] = 0 if resharded else state["consumed_batches"]
+    positions = positions_for_rank(data_state, env.rank, env.world_size, d.num_workers)
     stream = CaptionStream(
         pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars),
         image_preprocess(model.vision),
         SequenceLayout(tokenizer, config.model.bridge.num_queries, d.max_caption_tokens),
         env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
-        shuffle_buffer=d.shuffle_buffer, positions=positions, consumed_batches=state["consumed_batches"])
+        shuffle_buffer=d.shuffle_buffer, positions=positions, consumed_batches=state["consumed_batches"],
+        carry=carry_for_rank(data_state, env.rank))
     logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
-    trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"],
-                      LoaderProgress(d.num_workers, positions, d.max_skip_fraction), frozen=frozen)
+    ledger = SampleLedger(output_dir, env.rank, config.train.sample_ledger)
+    progress = LoaderProgress(d.num_workers, positions, d.max_skip_fraction,
+                              carry=data_state.get("carry") if data_state else None)
+    trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"], progress, frozen=frozen,
+                      ledger=ledger)
     try:
         history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device)))
     finally:

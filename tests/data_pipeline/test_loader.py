@@ -9,16 +9,16 @@ import torch
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
 from data_pipeline.manifest import load_manifest, subset
-from data_pipeline.progress import LoaderProgress, positions_for_rank
+from data_pipeline.progress import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from lmm.sequence import SequenceLayout
 from shard_factory import to_tensor, write_shards
 
 
 def stream_for(pieces, tokenizer, rank=0, world_size=1, positions=None, consumed=0, source="capsfusion", mix=None,
-               micro=4, buffer=16):
+               micro=4, buffer=16, carry=None):
     return CaptionStream(pieces, CaptionSelector(source, mix, seed=3), to_tensor, SequenceLayout(tokenizer, 4, 16),
                          rank, world_size, micro_batch_size=micro, seed=5, shuffle_buffer=buffer,
-                         positions=positions, consumed_batches=consumed)
+                         positions=positions, consumed_batches=consumed, carry=carry)
 
 
 def demo_pieces(world, n=512):
@@ -117,10 +117,57 @@ def test_resume_at_random_steps_reproduces_the_key_ledger(tmp_path, tokenizer):
         assert simulated_run(pieces, tokenizer, cuts, batches) == uninterrupted, cuts
 
 
-def test_resume_with_other_worker_count_is_a_clear_error(demo_world, tokenizer):
-    state = {"ranks": [LoaderProgress(2).positions]}
-    with pytest.raises(ValueError, match="same world size and data.num_workers"):
-        positions_for_rank(state, 0, 1, 3)
+def elastic_run(pieces, tokenizer, segments):
+    """Keys read per segment ``(ranks, workers, batches per rank)``; between segments the loaders restart from the
+    checkpointed state, re-dealt (``reshard``) when the layout changes, as the trainer does."""
+    keys, state, consumed = [], None, 0
+    for ranks, workers, batches in segments:
+        if state is not None:
+            state, changed = reshard(state, pieces, 5, 8, ranks, workers)
+            consumed = 0 if changed else consumed
+        state = json.loads(json.dumps(state))
+        progress, segment = [], []
+        for rank in range(ranks):
+            positions = positions_for_rank(state, rank, ranks, workers)
+            stream = stream_for(pieces, tokenizer, rank, ranks, positions, consumed, micro=3, buffer=8,
+                                carry=carry_for_rank(state, rank))
+            tracker = LoaderProgress(workers, positions, carry=state and state.get("carry"))
+            it = iter(build_train_loader(stream, workers))
+            for _ in range(batches):
+                batch = next(it)
+                tracker.observe(batch)
+                segment += batch["keys"]
+            progress.append(tracker.state_dict())
+        state = {"ranks": [p["ranks"][0] for p in progress], **({"carry": progress[0]["carry"]}
+                                                                  if "carry" in progress[0] else {})}
+        consumed += batches
+        keys.append(segment)
+    return keys
+
+
+def test_resume_on_other_ranks_and_workers_reads_the_rest_of_the_epoch_once(tmp_path, tokenizer):
+    """2x2 -> 1x1 -> 2x2 -> 1x2 slots over uneven shards: the epoch's 120 samples are read exactly once, and a
+    resume inside a carry-over (same layout) continues it exactly."""
+    sizes = [9, 31, 4, 17, 26, 13, 8, 22]
+    pieces = subset(load_manifest(write_shards(tmp_path, sizes)), 120)
+    keys = elastic_run(pieces, tokenizer, [(2, 2, 4), (1, 1, 16), (2, 2, 4), (1, 2, 8)])
+    every = [k for segment in keys for k in segment]
+    assert [len(segment) for segment in keys] == [24, 48, 24, 24]
+    assert len(every) == len(set(every)) == 120
+    split = elastic_run(pieces, tokenizer, [(2, 2, 4), (1, 1, 8), (1, 1, 8), (2, 2, 4), (1, 2, 8)])
+    assert [k for segment in split for k in segment] == every
+
+
+def test_reshard_keeps_read_and_skip_counts_and_is_a_no_op_for_the_same_layout(tmp_path):
+    pieces = subset(load_manifest(write_shards(tmp_path, [40])), 40)
+    positions = [{**LoaderProgress(1).positions[0], "seen": 7, "skipped": {"bad_image": 2}, "emitted": 7}
+                 for _ in range(2)]
+    state = {"ranks": [[positions[0]], [positions[1]]]}
+    assert reshard(state, pieces, 0, 16, 2, 1) == (state, False)
+    moved, changed = reshard(state, pieces, 0, 16, 1, 3)
+    assert changed and moved["ranks"][0][0]["seen"] == 14 and moved["ranks"][0][0]["skipped"] == {"bad_image": 4}
+    lengths = [sum(end - begin for *_, begin, end in items) for items in moved["carry"][0]]
+    assert lengths == [9, 9, 8][::-1] or sorted(lengths) == [8, 9, 9]  # 2 x (20 - 7) = 26 left, near-equal parts
 
 
 def test_mixed_selection_is_seeded_and_follows_ratios(demo_world, tokenizer):

@@ -1,0 +1,77 @@
+"""What a resumed run may change: keys that decide what the run *is* refuse, the others are recorded.
+
+A resume compares the new config with the run's saved ``config.json`` before anything is written. A change to a
+key that shapes the trained model or the data it sees (caption source or mix, manifest, subset, seed, model
+shapes and weights, schedule, global batch, precision, ZeRO stage) would silently splice two experiments into
+one curve, so it is refused (``RunChangedError``, exit 2) with a readable diff. Keys listed in ``RESUMABLE`` only
+change how the rest of the run is executed or observed; they are allowed and appended to the run's
+``history.jsonl`` with the step they took effect at.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+RESUMABLE = (  # dotted keys (a trailing "." covers a whole section)
+    "train.max_steps", "train.checkpoint_every", "train.checkpoint_at_start", "train.log_every",
+    "train.max_requeues", "train.collective_timeout_s", "train.tf32", "train.micro_batch_size",
+    "train.deepspeed_template", "train.sample_ledger",
+    "data.num_workers", "data.max_skip_fraction",
+    "model.allow_random_frozen", "model.vision.grad_checkpointing", "model.llm.grad_checkpointing",
+    "model.llm.attn_implementation",
+    "eval.",
+)
+HISTORY_FILE = "history.jsonl"
+
+
+class RunChangedError(ValueError):
+    """The new config changes what a run with checkpoints is."""
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (mappings that are config values, like ``data.mix``, stay whole
+    when they are empty on both sides; otherwise their entries are compared one by one)."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
+
+
+def changes(saved: dict, new: dict) -> dict[str, tuple]:
+    """``{key: (saved value, new value)}`` for every key whose value differs."""
+    before, after = flatten(saved), flatten(new)
+    missing = object()
+    diff = {k: (before.get(k, missing), after.get(k, missing)) for k in sorted(before.keys() | after.keys())}
+    return {k: tuple(None if v is missing else v for v in pair) for k, pair in diff.items() if pair[0] != pair[1]}
+
+
+def check(saved: dict, new: dict, run_dir: str | Path, step: int) -> dict[str, tuple]:
+    """The allowed changes; raises RunChangedError listing the refused ones."""
+    diff = changes(saved, new)
+    refused = {k: v for k, v in diff.items() if not resumable(k)}
+    if refused:
+        lines = "\n".join(f"  {k}: {old!r} (run) -> {value!r} (now)" for k, (old, value) in refused.items())
+        raise RunChangedError(
+            f"{run_dir} has checkpoints (newest: step {step}) made with another config; these keys change what "
+            f"the run is:\n{lines}\nResume with the run's values, or start a new run in another output_dir. "
+            f"Keys a resume may change: {', '.join(RESUMABLE)}")
+    return {k: v for k, v in diff.items() if resumable(k)}
+
+
+def record(run_dir: str | Path, step: int, allowed: dict[str, tuple]) -> None:
+    """Append the allowed changes (if any) to the run's history."""
+    if not allowed:
+        return
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_step": step,
+             "changed": {k: {"was": old, "now": new} for k, (old, new) in allowed.items()}}
+    with open(Path(run_dir) / HISTORY_FILE, "a") as f:
+        f.write(json.dumps(entry) + "\n")
