@@ -319,9 +319,12 @@ class TrainLoader:
             yield batch
 
 
-def build_train_loader(stream: CaptionStream, num_workers: int, device: torch.device | str = "cpu") -> TrainLoader:
+def build_train_loader(stream: CaptionStream, num_workers: int, device: torch.device | str = "cpu",
+                       worker_init_fn: Callable[[int], None] | None = None) -> TrainLoader:
+    """``worker_init_fn`` runs in each worker after PyTorch's own set-up (the trainer's passes stop signals on)."""
     loader = DataLoader(stream, batch_size=stream.micro_batch_size, num_workers=num_workers,
                         collate_fn=Collator(stream.layout), persistent_workers=num_workers > 0,
+                        worker_init_fn=worker_init_fn,
                         prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.device(device).type == "cuda")
     return TrainLoader(loader, stream.normalize, device)
 

@@ -10,6 +10,11 @@ with the data position, and then the job is put back in the queue:
 - anywhere else (torchrun, a workstation) the run just stops; rerunning the same command resumes it.
 
 The restarted job finds the newest complete checkpoint and resumes without being told.
+
+Slurm signals *every* process of a step (``scancel``, ``scontrol requeue``, preemption), DataLoader workers
+included. PyTorch's worker set-up makes SIGTERM fatal to a worker, which would end the run without a checkpoint;
+``forward_to_trainer`` (the loader's ``worker_init_fn``) replaces that: a worker passes any stop signal to the
+training process and keeps serving batches, and the training process owns the shutdown.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from enum import Enum
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # USR2: submitit's default warning
@@ -58,6 +64,28 @@ class StopRequest:
 
 
 STOP = StopRequest()  # the process-wide instance; ``launch.pretrain`` installs it before heavy imports
+
+
+def forward_to_trainer(_worker_id: int = 0) -> None:
+    """In a DataLoader worker: pass SIGTERM / SIGUSR1 / SIGUSR2 from anyone else to the training process and keep
+    working; a SIGTERM from the training process itself (its shutdown of the workers) still ends the worker.
+
+    The signals are blocked and a thread takes them with ``sigwaitinfo``, which (unlike a Python handler) tells
+    who sent each one."""
+    trainer = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def relay() -> None:
+        while True:
+            info = signal.sigwaitinfo(STOP_SIGNALS)
+            if info.si_signo == signal.SIGTERM and info.si_pid == trainer:
+                os._exit(0)
+            try:
+                os.kill(trainer, info.si_signo)
+            except ProcessLookupError:  # the trainer is gone; PyTorch's watchdog ends this worker
+                pass
+
+    threading.Thread(target=relay, name="stop-signal-relay", daemon=True).start()
 
 
 def under_submitit() -> bool:

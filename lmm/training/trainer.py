@@ -29,7 +29,7 @@ from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
 from lmm.training.optimizer_groups import parameter_groups
-from lmm.training.preemption import STOP, StopOutcome, StopRequest, requeue
+from lmm.training.preemption import STOP, StopOutcome, StopRequest, forward_to_trainer, requeue
 from lmm.training.sample_ledger import SampleLedger
 
 
@@ -256,7 +256,8 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"], progress, frozen=frozen,
                       ledger=ledger)
     try:
-        history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device)))
+        history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device,
+                                                      worker_init_fn=forward_to_trainer)))
     finally:
         logger.close()
     if not trainer.stopped_early:
