@@ -13,6 +13,8 @@ environment): every rank generates captions for its slice of the images, rank 0 
 The protocol comes from the run's saved config (``eval.*``), changed by ``eval.key=value`` overrides (the
 ``eval.`` prefix may be left out), and is stored with every result. Results go to ``--results`` (default: the
 run's ``eval_results.jsonl``) and to tensorboard (``<run>/tensorboard/eval``, x axis = samples seen).
+Exit 2 on a bad request, or when a checkpoint file pickles more than weights (it is refused unread:
+``lmm.safe_loading``).
 """
 from __future__ import annotations
 
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from lmm.safe_loading import UnsafeCheckpointError
+
     _init_distributed(env)
     try:
         if args.watch:
@@ -160,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for checkpoint in checkpoints:
                 evaluator(checkpoint)
+    except UnsafeCheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown()
     return 0

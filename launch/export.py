@@ -3,6 +3,7 @@
 CKPT_OR_RUN_DIR is one checkpoint (``.../checkpoints/global_stepN``) or a run directory, whose newest complete
 checkpoint is exported. OUT_DIR receives ``llm/`` (transformers ``from_pretrained`` + tokenizer.model),
 ``bridge/`` and ``vision/`` (safetensors + config.json) and ``lmm_export.json`` (see ``lmm/export.py``).
+Exit 2 when the checkpoint's frozen weight files changed or one of its files pickles more than weights.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no complete checkpoint (with {META_FILE}) under {args.target}", file=sys.stderr)
         return 2
     from lmm.export import export_checkpoint
+    from lmm.safe_loading import UnsafeCheckpointError
     from lmm.training.frozen_weights import FrozenWeightsError
     try:
         marker = export_checkpoint(found[-1], args.out)
-    except FrozenWeightsError as err:
+    except (FrozenWeightsError, UnsafeCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {found[-1]} -> {marker.parent}", flush=True)

@@ -11,7 +11,8 @@ A DeepSpeed checkpoint of any ZeRO stage and world size is consolidated with Dee
     <out>/vision/           model.safetensors in open_clip's layout (visual.trunk.*; loads as model.vision.pretrained)
                             + config.json (open_clip model name, feature choice)
 
-``load_exported(out)`` rebuilds the LMM from these parts through the same builders training uses.
+``load_exported(out)`` rebuilds the LMM from these parts through the same builders training uses. Both directions
+load under ``lmm.safe_loading.safe_loading`` (the checkpoint through ``load_eval_model``): weights only.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from lmm.files import write_json_atomic
 from lmm.models.lmm import LMM, build_lmm, precision_dtype
 from lmm.models.marker_rows import merge_marker_rows
 from lmm.models.weights import check_tensor_shapes, state_shapes
+from lmm.safe_loading import safe_loading
 from lmm.tokenizer import CaptionTokenizer
 
 EXPORT_MARKER = "lmm_export.json"
@@ -96,7 +98,8 @@ def load_exported(out_dir: str | Path) -> tuple[LMM, CaptionTokenizer]:
         llm=dataclasses.replace(model_config.llm, pretrained=str(out / data["parts"]["llm"]),
                                 grad_checkpointing=False),
         tokenizer=dataclasses.replace(model_config.tokenizer, path=str(tokenizer.model_file)))
-    model = build_lmm(model_config, tokenizer)
+    with safe_loading():  # the marker may name a pickled vision file
+        model = build_lmm(model_config, tokenizer)
     bridge_file = out / data["parts"]["bridge"]
     bridge_state = load_file(str(bridge_file))
     check_tensor_shapes(state_shapes(model.bridge.state_dict()), state_shapes(bridge_state), str(bridge_file))

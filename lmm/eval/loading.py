@@ -3,9 +3,11 @@
 A DeepSpeed checkpoint (``<run>/checkpoints/global_stepN`` with ``meta.json``) is built once: the model from the
 run's saved ``config.json`` with its frozen parts read from their pretrained files in the eval dtype (after
 ``frozen_weights.verify`` proved them unchanged), then the checkpoint's weights -- only the trained ones for a lean
-checkpoint -- consolidated with DeepSpeed's own ``zero_to_fp32``, whatever the stage and the training world size. A directory holding ``lmm_export.json`` is an
-exported model and goes through ``lmm.export.load_exported``; its run identity comes from that file's ``meta``
-(or top level) and its eval protocol from the ``config`` it carries, if any.
+checkpoint -- consolidated with DeepSpeed's own ``zero_to_fp32``, whatever the stage and the training world size.
+A directory holding ``lmm_export.json`` is an exported model and goes through ``lmm.export.load_exported``; its
+run identity comes from that file's ``meta`` (or top level) and its eval protocol from the ``config`` it carries,
+if any. Either loads under ``lmm.safe_loading.safe_loading``: weights only; a file that pickles anything else
+raises UnsafeCheckpointError naming it, its code never runs.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from lmm.config import config_from_dict
 from lmm.export import EXPORT_MARKER, load_exported
 from lmm.models.lmm import LMM, build_lmm
+from lmm.safe_loading import safe_loading
 from lmm.tokenizer import CaptionTokenizer
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE, CheckpointMeta, read_meta
@@ -57,12 +60,11 @@ def saved_run_config(path: str | Path) -> dict:
 def load_eval_model(path: str | Path, dtype: torch.dtype = torch.float32) -> EvalModel:
     """The model of a checkpoint or export; a checkpoint's frozen parts are built in ``dtype``."""
     path = Path(path)
-    if is_export(path):
-        return _load_export(path)
-    if not (path / META_FILE).is_file():
+    if not is_export(path) and not (path / META_FILE).is_file():
         raise FileNotFoundError(f"{path} is neither a complete checkpoint (no {META_FILE}) nor an exported model "
                                 f"(no {EXPORT_MARKER})")
-    return _load_deepspeed(path, dtype)
+    with safe_loading():  # DeepSpeed's zero_to_fp32 passes weights_only=False
+        return _load_export(path) if is_export(path) else _load_deepspeed(path, dtype)
 
 
 def check_loadable(path: str | Path) -> None:

@@ -24,6 +24,7 @@ from lmm.config import VisionConfig
 from lmm.models.partitioned import fill_from_files, is_partitioned, load_partitioned, partitioned_construction
 from lmm.models.safetensors_reader import tensor_entries
 from lmm.models.weights import check_tensor_shapes, state_shapes
+from lmm.safe_loading import refusal
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP statistics, as EVA01-CLIP uses
@@ -134,7 +135,8 @@ def load_vision_weights(tower: VisionTower, checkpoint_file: str | Path, dtype: 
     Accepts what ``open_clip.create_model(pretrained=<file>)`` reads (``.pt``/``.bin``/``.safetensors``, a
     ``state_dict`` key, ``module.`` prefixes; a whole CLIP with ``visual.trunk.*`` keys, text tower ignored) and,
     through timm's EVA converter, a bare trunk or EVA-CLIP's own ``visual.*`` naming. A tensor of the wrong shape
-    or a missing/extra tensor raises WeightsMismatchError naming it. Only weights are read (no pickled code).
+    or a missing/extra tensor raises WeightsMismatchError naming it. Only weights are read: a file pickling
+    anything else raises ``lmm.safe_loading.UnsafeCheckpointError`` (a ValueError) naming it.
     """
     source = f"model.vision.pretrained {checkpoint_file}"
     trunk = tower.visual.trunk
@@ -184,7 +186,8 @@ def read_state_dict(checkpoint_file: str | Path, source: str) -> dict[str, torch
             except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
                 state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many types for a corrupt or foreign file
-        raise ValueError(f"{source}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        raise (refusal(err, checkpoint_file)
+               or ValueError(f"{source}: not a readable checkpoint ({type(err).__name__}: {err})")) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
