@@ -11,6 +11,8 @@ skipped)`` plus the shard and in-shard offset where the window starts. The colla
 batch, the trainer keeps the newest per worker (``data_pipeline.progress``) and saves them in each checkpoint.
 A resumed worker plans the same epoch, opens the window's shard at its offset (tar headers only), re-reads that
 one window's raw bytes and drops the ``emitted`` samples it already served, undecoded.
+A resume on another number of ranks or workers first reads its ``carry``: ranges of the old layout's emissions
+that ``data_pipeline.progress.reshard`` dealt it (the position counts them in ``carry``), then the next epochs.
 
 **Pixels.** The tower's open_clip transform is split at its ToTensor: workers run the PIL part (resize, crop)
 and ship uint8 images (4x less inter-process traffic than floats); ``TrainLoader`` moves each batch to the

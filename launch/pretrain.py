@@ -21,6 +21,7 @@ from lmm.training.preemption import STOP, StopOutcome
 
 EXIT_BAD_CONFIG = 2
 EXIT_STOPPED = 75  # EX_TEMPFAIL: incomplete but resumable
+EXIT_PEER_LOST = 1  # another rank died; the job fails (srun names the dead task too)
 STOP_MARKER_ENV = "LMM_STOP_MARKER"
 
 
@@ -28,16 +29,20 @@ def run(config) -> int:
     """Train ``config`` in this process (one rank); returns the process exit code."""
     from lmm import distributed
     from lmm.config import ConfigError
+    from lmm.safe_loading import UnsafeCheckpointError
     from lmm.training.frozen_weights import FrozenWeightsError
     from lmm.training.resume_guard import RunChangedError
     from lmm.training.trainer import train
     try:
         try:
             _, outcome = train(config)
-        except (ConfigError, FrozenWeightsError, RunChangedError) as err:  # raised before anything was written
-            if distributed.detect_env().is_main:
+        except (ConfigError, FrozenWeightsError, RunChangedError, UnsafeCheckpointError) as err:
+            if distributed.detect_env().is_main:  # raised on every rank, before anything was written
                 print(f"error: {err}", file=sys.stderr, flush=True)
             return EXIT_BAD_CONFIG
+        except distributed.PeerLost as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return EXIT_PEER_LOST
         if outcome is not StopOutcome.NOT_REQUEUED:
             return 0
         marker = os.environ.get(STOP_MARKER_ENV)

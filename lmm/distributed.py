@@ -1,7 +1,16 @@
-"""Rank, local rank and world size from torchrun or Slurm, and process-group set-up through DeepSpeed."""
+"""Rank, local rank and world size from torchrun or Slurm, process-group set-up through DeepSpeed, and naming a
+rank that died.
+
+When a rank dies (SIGKILL, out of memory, a lost node) the others only see a failed collective ("Connection
+closed by peer"). Each rank therefore bumps a counter in the process group's key-value store every second
+(``start_heartbeat``); after a failed collective ``silent_ranks`` watches the counters for a few seconds and names
+the ranks whose counter stood still (or rank 0's host, when the store it serves is gone).
+"""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -90,3 +99,62 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+HEARTBEAT_S = 1.0
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank is gone; the message names it."""
+
+
+def _store():
+    from torch.distributed.distributed_c10d import _get_default_store
+    return _get_default_store()
+
+
+def _heartbeat_key(rank: int) -> str:
+    return f"lmm/heartbeat/{rank}"
+
+
+def start_heartbeat(env: DistEnv) -> None:
+    """A daemon thread that bumps this rank's counter in the store every ``HEARTBEAT_S`` (multi-rank runs)."""
+    if env.world_size < 2 or not dist.is_initialized():
+        return
+    store, key = _store(), _heartbeat_key(env.rank)
+
+    def beat() -> None:
+        while True:
+            try:
+                store.add(key, 1)
+            except Exception:  # the store is gone with rank 0's host: nothing left to report to
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="rank-heartbeat", daemon=True).start()
+
+
+def silent_ranks(world_size: int, watch_s: float = 3 * HEARTBEAT_S) -> list[int] | None:
+    """Ranks whose heartbeat did not move for ``watch_s`` seconds; None when the store itself is unreachable
+    (the rank that serves it, rank 0 under srun, is gone)."""
+    try:
+        store = _store()
+        before = [store.add(_heartbeat_key(r), 0) for r in range(world_size)]
+        time.sleep(watch_s)
+        after = [store.add(_heartbeat_key(r), 0) for r in range(world_size)]
+    except Exception:
+        return None
+    return [r for r in range(world_size) if after[r] == before[r]]
+
+
+def explain_failed_collective(err: Exception, env: DistEnv) -> Exception:
+    """A PeerLost naming the dead rank(s) when ``err`` came from another rank's death, else ``err``."""
+    if env.world_size < 2 or not dist.is_initialized():
+        return err
+    silent = silent_ranks(env.world_size)
+    if silent == []:
+        return err
+    who = ("rank 0 (it serves the process group's store)" if silent is None else
+           ", ".join(f"rank {r}" for r in silent))
+    return PeerLost(f"rank {env.rank}: {who} stopped responding (killed, out of memory or its node lost?); "
+                    f"this rank cannot go on alone. The run resumes from its newest checkpoint. ({err})")

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from enum import Enum
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # USR2: submitit's default warning
@@ -38,11 +39,10 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self.at: float | None = None  # time.monotonic() of the first stop signal
         self._previous: dict[int, object] = {}
-        self._pid = os.getpid()
 
     def install(self) -> "StopRequest":
-        self._pid = os.getpid()
         for signum in STOP_SIGNALS:
             previous = signal.signal(signum, self._record)
             if previous != self._record:  # a second install keeps the handler it chained first
@@ -50,10 +50,10 @@ class StopRequest:
         return self
 
     def _record(self, signum: int, frame) -> None:
-        if self.signum is None and os.getpid() == self._pid:  # not again in forked data workers
-            print(f"[preemption] caught {signal.Signals(signum).name}: checkpointing after this step",
-                  file=sys.stderr, flush=True)
-        self.signum = self.signum or signum
+        """Only a flag (and the time): the trainer announces the stop once all ranks agree on it, so a SIGTERM
+        that srun sends because another rank died is reported as that death, not as a preemption."""
+        if self.signum is None:
+            self.signum, self.at = signum, time.monotonic()
 
     @property
     def requested(self) -> bool:
@@ -93,7 +93,8 @@ def under_submitit() -> bool:
 
 
 def requeue(stop: StopRequest, max_requeues: int, is_main: bool) -> StopOutcome:
-    """Put the job back in the queue (rank 0 acts; the others just return). Call after the checkpoint is saved."""
+    """Put the job back in the queue. Collective: rank 0 decides and acts, every rank returns its decision. Call
+    after the checkpoint is saved."""
     if under_submitit():
         return _submitit_requeue(stop, is_main)
     job_id = os.environ.get("SLURM_JOB_ID")
@@ -102,21 +103,55 @@ def requeue(stop: StopRequest, max_requeues: int, is_main: bool) -> StopOutcome:
             print("[preemption] not under Slurm: stopped after the checkpoint; rerun the same command to resume",
                   file=sys.stderr, flush=True)
         return StopOutcome.NOT_REQUEUED
+    outcome = _slurm_requeue(job_id, max_requeues) if is_main else None
+    return _agreed(outcome)
+
+
+def _agreed(outcome: StopOutcome | None) -> StopOutcome:
+    """Rank 0's outcome on every rank (the others pass None)."""
+    from lmm import distributed
+
+    choices = list(StopOutcome)
+    index = distributed.all_reduce([choices.index(outcome) if outcome is not None else 0])[0]
+    return choices[int(index)]
+
+
+def job_state(job_id: str) -> tuple[str | None, int | None]:
+    """(JobState, Restarts) of a Slurm job from ``scontrol show job``; (None, None) when that fails."""
+    try:
+        result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
+    restarts = fields.get("Restarts")
+    return fields.get("JobState"), int(restarts) if restarts and restarts.isdigit() else None
+
+
+def _slurm_requeue(job_id: str, max_requeues: int) -> StopOutcome:
+    """Rank 0: requeue a running job (at most ``max_requeues`` times). A job Slurm already requeued (``scontrol
+    requeue``, preemption: its restart count went up) is left to Slurm; a job that is ending otherwise
+    (``scancel``) is not requeued, so a cancel stays a cancel."""
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    if restarts >= max_requeues:
-        if is_main:
-            print(f"[preemption] job {job_id} already restarted {restarts} times (train.max_requeues="
-                  f"{max_requeues}): not requeueing; resubmit to continue from the checkpoint",
-                  file=sys.stderr, flush=True)
-        return StopOutcome.NOT_REQUEUED
-    if is_main:
-        print(f"[preemption] requeueing job {job_id} (restart {restarts + 1} of at most {max_requeues})",
+    state, now = job_state(job_id)
+    if now is not None and now > restarts:
+        print(f"[preemption] job {job_id} was requeued by Slurm (restart {now}): it resumes from this checkpoint",
               file=sys.stderr, flush=True)
-        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"[preemption] scontrol requeue {job_id} failed: {result.stderr.strip()}",
-                  file=sys.stderr, flush=True)
-            return StopOutcome.NOT_REQUEUED
+        return StopOutcome.REQUEUED
+    if state is not None and state != "RUNNING":
+        print(f"[preemption] job {job_id} is ending ({state}, e.g. scancel): not requeueing; resubmit to continue "
+              "from the checkpoint", file=sys.stderr, flush=True)
+        return StopOutcome.NOT_REQUEUED
+    if restarts >= max_requeues:
+        print(f"[preemption] job {job_id} already restarted {restarts} times (train.max_requeues={max_requeues}): "
+              "not requeueing; resubmit to continue from the checkpoint", file=sys.stderr, flush=True)
+        return StopOutcome.NOT_REQUEUED
+    print(f"[preemption] requeueing job {job_id} (restart {restarts + 1} of at most {max_requeues})",
+          file=sys.stderr, flush=True)
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"[preemption] scontrol requeue {job_id} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+        return StopOutcome.NOT_REQUEUED
     return StopOutcome.REQUEUED
 
 

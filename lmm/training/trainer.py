@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import random
 import sys
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -133,17 +134,28 @@ class Trainer:
         meta = CheckpointMeta(c.run_name, c.data.caption_source, c.data.num_samples, self.step, self.samples_seen,
                               c.train.zero_stage, c.digest(), distributed.detect_env().world_size)
         self.ledger.flush()  # before the checkpoint is complete: a complete checkpoint's steps are in the ledger
-        checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
-                                                          "consumed_batches": self.consumed_batches,
-                                                          "data": self.data_progress.state_dict()}, self.frozen)
+        started = time.monotonic()
+        path = checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
+                                                                 "consumed_batches": self.consumed_batches,
+                                                                 "data": self.data_progress.state_dict()},
+                               self.frozen)
+        if distributed.detect_env().is_main:
+            since_signal = (f"; {time.monotonic() - self.stop.at:.1f} s after the stop signal"
+                            if self.stop.at is not None else "")
+            print(f"[checkpoint] step {self.step} saved to {path} in {time.monotonic() - started:.1f} s"
+                  f"{since_signal}", file=sys.stderr, flush=True)
 
     def fit(self, batches: Iterator[dict]) -> list[dict]:
         """Train until the epoch ends (or ``train.max_steps``), or until a stop signal; returns the metric history."""
         last = stop_step(self.config)
-        if self.step == 0 and self.config.train.checkpoint_at_start:
-            self.save()
-        while self.step < last and not self.stopped_early:
-            self.advance(batches, last)
+        env = distributed.detect_env()
+        try:
+            if self.step == 0 and self.config.train.checkpoint_at_start:
+                self.save()
+            while self.step < last and not self.stopped_early:
+                self.advance(batches, last)
+        except RuntimeError as err:  # a collective that failed because another rank died is named as such
+            raise distributed.explain_failed_collective(err, env) from err
         return self.history
 
     def advance(self, batches: Iterator[dict], last: int) -> None:
@@ -154,6 +166,9 @@ class Trainer:
         if self.step % t.log_every == 0 or self.step == last:
             self.log()
         stopping = distributed.any_rank(self.stop.requested)
+        if stopping and distributed.detect_env().is_main:
+            print(f"[preemption] stop signal received: checkpointing after step {self.step}", file=sys.stderr,
+                  flush=True)
         if self.step % t.checkpoint_every == 0 or self.step == last or stopping:
             self.save()
         self.stopped_early = stopping and self.step < last
@@ -166,6 +181,7 @@ class ResumePoint:
     checkpoint: Path
     step: int
     universal: Path | None = None
+    changes: dict = field(default_factory=dict)  # allowed config changes since the run's config.json
 
 
 def find_resume_point(config: ExperimentConfig, env: distributed.DistEnv) -> ResumePoint | None:
@@ -178,12 +194,12 @@ def find_resume_point(config: ExperimentConfig, env: distributed.DistEnv) -> Res
         return None
     step = checkpoint.read_meta(latest).step
     saved = output_dir / RUN_CONFIG_FILE
-    if saved.is_file():
-        resume_guard.check(json.loads(saved.read_text()), config.to_dict(), output_dir, step)
+    changes = (resume_guard.check(json.loads(saved.read_text()), config.to_dict(), output_dir, step)
+               if saved.is_file() else {})
     frozen_weights.verify(latest, config.model)
     saved_ranks = elastic.saved_world_size(latest)
     needs_universal = saved_ranks is not None and saved_ranks != env.world_size
-    return ResumePoint(latest, step, elastic.universal_path(latest) if needs_universal else None)
+    return ResumePoint(latest, step, elastic.universal_path(latest) if needs_universal else None, changes)
 
 
 def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distributed.DistEnv) -> None:
@@ -193,10 +209,7 @@ def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distr
     if not env.is_main:
         return
     if start is not None:
-        saved = output_dir / RUN_CONFIG_FILE
-        if saved.is_file():
-            allowed = resume_guard.check(json.loads(saved.read_text()), config.to_dict(), output_dir, start.step)
-            resume_guard.record(output_dir, start.step, allowed)
+        resume_guard.record(output_dir, start.step, start.changes)
         sample_ledger.cut_back(output_dir, start.step)
         how = f" on {env.world_size} ranks (re-partitioned)" if start.universal else ""
         print(f"[resume] resuming from {start.checkpoint}{how}", file=sys.stderr, flush=True)
@@ -208,6 +221,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     when a stop signal cut it short (None when it reached its last step). Every check that can refuse the run
     (config, world size, changed config or weights) happens before anything is written."""
     env = distributed.init_distributed(config.train.collective_timeout_s)
+    distributed.start_heartbeat(env)
     check_world_size(config, env.world_size)
     output_dir = Path(config.output_dir)
     pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)

@@ -10,12 +10,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import PRETRAINED_LLM_SIZES as LLM_SIZES, REPO_ROOT
 from lmm.config import VisionConfig, load_config
-from lmm.distributed import DistEnv
 from lmm.models.lmm import build_lmm
 from lmm.models.vision import VisionTower, build_vision_tower
 from lmm.models.weights import WeightsMismatchError
 from lmm.tokenizer import CaptionTokenizer
-from lmm.training.trainer import prepare_tokenizer
+from lmm.training.trainer import with_tokenizer_path
 
 BRIDGE = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2"]
 
@@ -69,7 +68,7 @@ def test_llama_directory_loads_through_the_config_path(llama_dir, saved_clip, tm
     path, saved = llama_dir
     eva = write_clip(saved_clip, tmp_path / "eva.safetensors", "safetensors")
     config = paper_like_config(tmp_path, path, f"model.vision.pretrained={eva}")
-    config = prepare_tokenizer(config, DistEnv(0, 0, 1))  # defaults to the directory's tokenizer.model
+    config = with_tokenizer_path(config)  # defaults to the directory's tokenizer.model
     assert config.model.tokenizer.path == str(path / "tokenizer.model")
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     model = build_lmm(config.model, tokenizer).eval()
@@ -116,7 +115,7 @@ def test_llama_directory_errors_name_the_problem(llama_dir, tmp_path, tokenizer)
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         build(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="tokenizer.model is missing"):
-        prepare_tokenizer(paper_like_config(tmp_path, single), DistEnv(0, 0, 1))
+        with_tokenizer_path(paper_like_config(tmp_path, single))
 
 
 def test_llama_vocabulary_must_fit_the_tokenizer(llama_dir, tmp_path):

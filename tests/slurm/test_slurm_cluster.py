@@ -6,6 +6,7 @@ that is a failure instead.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,7 +55,7 @@ def cluster():
 
 def run_overrides(world: Path, out: Path, *extra: str) -> list[str]:
     return ["model.vision.name=EVA01-tiny-14", "train.precision=fp32", "model.allow_random_frozen=true",
-            *TINY_OVERRIDES,
+            *TINY_OVERRIDES, "data.num_workers=2",  # Slurm signals the loader workers too
             f"data.train_manifest={world / 'train' / 'manifest.json'}", "data.num_samples=512",
             "train.checkpoint_every=8", f"output_dir={out}", *extra]
 
@@ -152,33 +153,57 @@ def test_eval_script_evaluates_every_checkpoint_of_the_run_on_two_ranks(uninterr
 
 
 def test_preempted_job_checkpoints_requeues_resumes_and_matches_uninterrupted(uninterrupted, demo_world):
-    """USR1 (what ``--signal`` sends before a time limit or preemption) -> checkpoint -> ``scontrol requeue`` ->
-    the restarted job resumes by itself. A second signal exceeds train.max_requeues=1: it checkpoints and exits 75
-    without requeueing; resubmitting finishes the run with the uninterrupted run's weights."""
+    """``scontrol requeue`` (SIGTERM to every process of the step, loader workers included) -> checkpoint -> Slurm's
+    own requeue, recognised as such -> the restarted job resumes by itself. A USR1 (what ``--signal`` sends before
+    a time limit) then exceeds train.max_requeues=1: it checkpoints and exits 75 without requeueing; resubmitting
+    finishes the run with the uninterrupted run's weights, every step once, every sample once."""
     base_out, _, _ = uninterrupted
     out = base_out.parent / "preempted"
     log = Path(f"{out}.log")
-    job = sbatch(out, run_overrides(demo_world, out, "train.max_requeues=1"))
+    overrides = run_overrides(demo_world, out, "train.max_requeues=1", "train.sample_ledger=true")
+    job = sbatch(out, overrides)
 
     wait_for_log(log, "step 2 ")
-    slurm("scancel", "--signal=USR1", job)
+    requeued_at = time.monotonic()
+    slurm("scontrol", "requeue", job)
+    wait_for_log(log, "after the stop signal")
+    checkpointed_in = time.monotonic() - requeued_at
     wait_for_log(log, f"[launch] job {job} (restart 1)")
     wait_for_log(log, '{"parameters"', after="(restart 1)")  # the restarted ranks are about to train
     slurm("scancel", "--signal=USR1", job)
     state, exit_code = wait_for_end(job)
     text = log.read_text()
-    assert "requeueing job" in text and "not requeueing" in text, text[-3000:]
-    assert "not requeued: resubmit to resume" in text, text[-3000:]  # every rank exited 0; launch.sh set 75
+    assert f"job {job} was requeued by Slurm (restart 1)" in text, text[-3000:]
+    assert "scontrol requeue" not in text and "Traceback" not in text and "killed by signal" not in text
+    assert "not requeueing" in text and "not requeued: resubmit to resume" in text, text[-3000:]
     assert (state, exit_code) == ("FAILED", "75:0"), text[-3000:]  # stopped early, resumable
     first, second = steps_per_start(log)
     assert first[0] == 1 and second[0] == first[-1] + 1  # the restart continued right after the saved step
     assert 2 <= first[-1] < second[-1] < STEPS
     assert {first[-1], second[-1]} <= {read_meta(c).step for c in complete_checkpoints(out)}
+    print(f"[figures] scontrol requeue -> checkpoint written: {checkpointed_in:.1f} s (as seen by the test)")
 
-    resubmitted = sbatch(out, run_overrides(demo_world, out, "train.max_requeues=1"))
+    resubmitted = sbatch(out, overrides)
     assert wait_for_end(resubmitted) == ("COMPLETED", "0:0")
     assert logged_steps(log) == list(range(1, STEPS + 1))  # none repeated, none skipped
     assert_same_weights(final_weights(base_out), final_weights(out))
+    checked = subprocess.run([sys.executable, "-m", "launch.check_ledger", str(out)], capture_output=True,
+                             text=True, cwd=REPO_ROOT)
+    summary = json.loads(checked.stdout)
+    assert checked.returncode == 0 and (summary["repeats"], summary["unread"]) == (0, 0), checked
+    print(f"[figures] ledger after requeue + stop + resubmit: {checked.stdout.strip()}")
+
+
+def test_a_changed_config_is_refused_on_every_rank_with_exit_2(uninterrupted, demo_world):
+    """Resubmitting a finished run with another caption source: every rank refuses before writing anything."""
+    base_out, _, _ = uninterrupted
+    saved = (base_out / "config.json").read_text()
+    out = base_out.parent / "changed"
+    job = sbatch(out, run_overrides(demo_world, base_out, "data.caption_source=raw"))
+    assert wait_for_end(job) == ("FAILED", "2:0")
+    text = Path(f"{out}.log").read_text()
+    assert "data.caption_source: 'capsfusion' (run) -> 'raw' (now)" in text, text[-3000:]
+    assert (base_out / "config.json").read_text() == saved
 
 
 def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_path):
@@ -193,6 +218,8 @@ def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_p
     state, exit_code = wait_for_end(job, timeout=180)
     assert time.monotonic() - started < 120
     assert state == "FAILED" and exit_code != "0:0", (state, exit_code)
+    text = Path(f"{out}.log").read_text()
+    assert "rank 0: rank 1 stopped responding" in text and "stop signal received" not in text, text[-3000:]
 
 
 def test_submitit_job_is_preempted_requeued_and_resumed_by_submitit(uninterrupted, demo_world, tmp_path):
