@@ -12,6 +12,7 @@ From Python: ``submit_pretrain(config_path, overrides, SubmitOptions(nodes=4))``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import submitit
 
 from launch.pretrain import EXIT_BAD_CONFIG, EXIT_STOPPED, run
 from lmm.config import ConfigError, ExperimentConfig, check_world_size, load_config
+from lmm.distributed import rendezvous_port
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.preemption import STOP
 
@@ -57,6 +59,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         STOP.install()  # chains submitit's own handlers (called after our checkpoint)
+        os.environ.setdefault("MASTER_PORT", str(rendezvous_port(int(os.environ["SLURM_JOB_ID"]))))
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         code = run(load_config(self.config_path, self.overrides))
         if code == EXIT_STOPPED:

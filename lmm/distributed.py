@@ -39,6 +39,14 @@ def detect_env() -> DistEnv:
     return DistEnv(0, 0, 1)
 
 
+def rendezvous_port(job_id: int) -> int:
+    """The rendezvous port of a Slurm job: stable across its requeues, distinct between jobs sharing a node, and
+    below Linux's ephemeral range (32768-60999), where srun's and slurmstepd's own sockets could already hold it
+    (measured: a submitit job whose port 57654 was one of srun's failed with EADDRINUSE). ``slurm/launch.sh``
+    uses the same formula."""
+    return 20000 + job_id % 12000
+
+
 def init_distributed(timeout_s: int = 900) -> DistEnv:
     """Initialise the default process group (gloo on CPU, nccl on GPU: DeepSpeed's accelerator decides).
     A collective that waits longer than ``timeout_s`` raises instead of hanging (a dead or stuck rank)."""
