@@ -157,7 +157,7 @@ class CaptionStream(IterableDataset):
         position = dict(self.positions[worker]) if self.positions is not None else fresh_position()
         carry = self.carry[worker] if self.carry else []
         counts = _Counts(position["seen"], Counter(position["skipped"]),
-                         EpochPlan(self.pieces, slots, self.seed, position["epoch"]).samples_per_slot, slot)
+                         self._plan(slots, position["epoch"]).samples_per_slot, slot)
         done = position.get("carry", 0)
         for done, (epoch, raw) in enumerate(self._carried(carry, done), start=done + 1):
             example = counts.example(self._example, raw, epoch)
@@ -168,7 +168,8 @@ class CaptionStream(IterableDataset):
         while True:
             plan = self._plan(slots, epoch)
             if position.get("shard") is not None:  # checked once, on the first window after a resume
-                _check_resume_point(position, _window_start(plan, slot, start - start % self.shuffle_buffer), worker)
+                first_window = start // self.shuffle_buffer
+                _check_resume_point(position, self._window_start(plan, epoch, slot, first_window), worker)
                 position["shard"] = None
             for index, raw in self._emissions(plan, epoch, slot, start, plan.samples_per_slot):
                 example = counts.example(self._example, raw, epoch)
@@ -176,18 +177,21 @@ class CaptionStream(IterableDataset):
                     window, emitted = divmod(index + 1, self.shuffle_buffer)
                     example["position"] = (worker, {"epoch": epoch, "window": window, "emitted": emitted,
                                                     **counts.state(), "carry": done,
-                                                    **self._window_start(plan, slot, window)})
+                                                    **self._window_start(plan, epoch, slot, window)})
                     yield example
             epoch, start = epoch + 1, 0
 
     def _plan(self, slots: int, epoch: int) -> EpochPlan:
-        key = (slots, epoch)
-        if key not in self._plans:
-            self._plans = {key: EpochPlan(self.pieces, slots, self.seed, epoch), **dict(list(self._plans.items())[-3:])}
-        return self._plans[key]
+        """The epoch plan of a slot layout (cached: a carry-over visits a few, then one per epoch)."""
+        if (slots, epoch) not in self._plans:
+            if len(self._plans) > 8:
+                self._plans.clear()
+            self._plans[slots, epoch] = EpochPlan(self.pieces, slots, self.seed, epoch)
+        return self._plans[slots, epoch]
 
-    def _window_start(self, plan: EpochPlan, slot: int, window: int) -> dict:
-        key = (id(plan), slot, window)
+    def _window_start(self, plan: EpochPlan, epoch: int, slot: int, window: int) -> dict:
+        """``_window_start`` of one window, remembered while the stream is in it."""
+        key = (plan.slots, epoch, slot, window)
         if self._start_cache[0] != key:
             self._start_cache = (key, _window_start(plan, slot, window * self.shuffle_buffer))
         return self._start_cache[1]

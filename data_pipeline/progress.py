@@ -4,14 +4,14 @@ Each batch carries the position its worker reached after it (``batch["data_posit
 keeps the newest one per worker; ``state_dict`` gathers every rank's to all ranks (DeepSpeed writes the client
 state from rank 0 only) for the checkpoint, and ``positions_for_rank`` hands a resumed rank its own.
 ``reshard`` re-deals what a checkpoint's loaders had left of the epoch when the run resumes on another number
-of ranks or workers (elastic resume); ``skip_scalars`` sums the skip counts over workers and ranks for tensorboard (``data/skipped/<reason>``) and
-stops the run with a clear message once more than ``max_skip_fraction`` of the samples read were skipped.
+of ranks or workers (elastic resume). ``skip_scalars`` sums the skip counts over workers and ranks for
+tensorboard (``data/skipped/<reason>``) and stops the run with a clear message once more than ``max_skip_fraction`` of the samples read were skipped.
 """
 from __future__ import annotations
 
-import torch.distributed as dist
-
 from collections import Counter
+
+import torch.distributed as dist
 
 from data_pipeline.loader import DataStopped, fresh_position
 from data_pipeline.manifest import EpochPlan, Piece

@@ -1,11 +1,12 @@
 """Preemption and time limits: checkpoint at the next step boundary, then requeue.
 
-Slurm's early warning (``#SBATCH --signal=USR1@300``; submitit uses USR2) or a SIGTERM only sets a flag here; the trainer checks the
-flag of *every* rank (one tiny all-reduce per step), so all ranks stop after the same step, save a checkpoint
-with the data position, and then the job is put back in the queue:
+Slurm's early warning (``#SBATCH --signal=USR1@300``; submitit uses USR2) or a SIGTERM only sets a flag here;
+the trainer checks the flag of *every* rank (one tiny all-reduce per step), so all ranks stop after the same step,
+save a checkpoint with the data position, and then rank 0 decides for all:
 
-- under ``sbatch`` rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` (up to ``train.max_requeues`` times, counted
-  by Slurm's ``SLURM_RESTART_COUNT``);
+- under ``sbatch``: a job Slurm already requeued (``scontrol requeue``, preemption; its restart count went up) is
+  left to Slurm; a job that is ending otherwise (``scancel``) is not requeued; a running job is requeued with
+  ``scontrol requeue $SLURM_JOB_ID`` up to ``train.max_requeues`` times (counted by ``SLURM_RESTART_COUNT``);
 - under submitit, submitit's own checkpoint-and-requeue handler (which this module chained) is called on rank 0;
 - anywhere else (torchrun, a workstation) the run just stops; rerunning the same command resumes it.
 
