@@ -10,10 +10,12 @@ change how the rest of the run is executed or observed; they are allowed and app
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 RESUMABLE = (  # dotted keys (a trailing "." covers a whole section)
+    "output_dir",  # where the run was found: another spelling of the same directory
     "train.max_steps", "train.checkpoint_every", "train.checkpoint_at_start", "train.log_every",
     "train.max_requeues", "train.collective_timeout_s", "train.tf32", "train.micro_batch_size",
     "train.deepspeed_template", "train.sample_ledger",
@@ -46,12 +48,22 @@ def resumable(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
 
 
+def same(old, new) -> bool:
+    """Equal values, or two spellings (relative, absolute, through a link) of one existing file or folder."""
+    if old == new:
+        return True
+    try:
+        return isinstance(old, str) and isinstance(new, str) and os.path.samefile(old, new)
+    except OSError:
+        return False
+
+
 def changes(saved: dict, new: dict) -> dict[str, tuple]:
     """``{key: (saved value, new value)}`` for every key whose value differs."""
     before, after = flatten(saved), flatten(new)
-    missing = object()
-    diff = {k: (before.get(k, missing), after.get(k, missing)) for k in sorted(before.keys() | after.keys())}
-    return {k: tuple(None if v is missing else v for v in pair) for k, pair in diff.items() if pair[0] != pair[1]}
+    keys = sorted(before.keys() | after.keys())
+    return {k: (before.get(k), after.get(k)) for k in keys
+            if k not in before or k not in after or not same(before[k], after[k])}
 
 
 def check(saved: dict, new: dict, run_dir: str | Path, step: int) -> dict[str, tuple]:

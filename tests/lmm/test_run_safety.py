@@ -129,3 +129,14 @@ def test_a_loader_worker_relays_sigterm_to_the_trainer_and_keeps_serving(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"stop requested: {int(signal.SIGTERM)}" in result.stdout
     assert time.monotonic() - started < 60
+
+
+def test_guard_accepts_another_spelling_of_the_same_files(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tokenizer.model").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    saved = demo_config("output_dir=run", "model.tokenizer.path=run/tokenizer.model")
+    moved = demo_config(f"output_dir={tmp_path / 'run'}", f"model.tokenizer.path={tmp_path / 'run/tokenizer.model'}")
+    assert resume_guard.check(saved, moved, tmp_path, 1) == {}
+    with pytest.raises(resume_guard.RunChangedError, match="model.tokenizer.path"):
+        resume_guard.check(saved, demo_config("output_dir=run", "model.tokenizer.path=other.model"), tmp_path, 1)
