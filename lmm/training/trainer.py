@@ -105,7 +105,8 @@ class Trainer:
         keys = []
         for _ in range(self.engine.gradient_accumulation_steps()):
             batch = next(batches)
-            keys += batch["keys"]
+            if self.ledger.enabled:
+                keys += batch["keys"]
             self.consumed_batches += 1
             self.data_progress.observe(batch)
             loss = self.engine(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
