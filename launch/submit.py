@@ -59,8 +59,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         STOP.install()  # chains submitit's own handlers (called after our checkpoint)
-        os.environ.setdefault("MASTER_PORT", str(rendezvous_port(int(os.environ["SLURM_JOB_ID"]))))
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        os.environ["MASTER_PORT"] = str(rendezvous_port(int(os.environ["SLURM_JOB_ID"])))  # not submitit's
         code = run(load_config(self.config_path, self.overrides))
         if code == EXIT_STOPPED:
             raise RuntimeError("stopped by a signal after a checkpoint and not requeued; resubmit to resume")
