@@ -11,6 +11,7 @@ the previous one.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from lmm import distributed
 from lmm.config import ModelConfig
 from lmm.files import write_json_atomic
-from lmm.training import frozen_weights
+from lmm.training import elastic, frozen_weights
 
 META_FILE = "meta.json"
 RUN_CONFIG_FILE = "config.json"
@@ -62,6 +63,7 @@ def save(engine, output_dir: str | Path, meta: CheckpointMeta, client_state: dic
     distributed.barrier()
     path = root / tag_for(meta.step)
     if distributed.detect_env().is_main:
+        shutil.rmtree(elastic.universal_path(path), ignore_errors=True)  # a stale conversion of an older step-N
         frozen_weights.write(path, frozen)
         files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
         write_json_atomic(path / META_FILE, {**asdict(meta), "files": files})
