@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-quick bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the unit tier (no DeepSpeed ranks, no training processes, no Slurm): the development loop
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m unit tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py

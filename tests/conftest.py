@@ -1,4 +1,9 @@
-"""Shared fixtures: a small generated toy world and a tiny experiment config built on it."""
+"""Shared fixtures (a small generated toy world and a tiny experiment config built on it) and the test tiers.
+
+Tiers (markers, assigned here in one place): ``slurm`` (tests/slurm: real Slurm daemons), ``multiprocess`` (a test
+that starts real DeepSpeed ranks or training processes, itself or through a run fixture), ``unit`` (the rest).
+``make test-quick`` runs the unit tier; ``make test`` and ``.ci/run`` run everything.
+"""
 from __future__ import annotations
 
 import os
@@ -11,6 +16,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# fixtures that train real runs (DeepSpeed ranks under torchrun or Slurm): a test using one is ``multiprocess``
+RUN_FIXTURES = {"zero3_run", "lean_zero3_run", "zero2_run", "runs", "elastic", "uninterrupted", "cluster"}
+# modules whose tests start ranks or training processes themselves
+MULTIPROCESS_MODULES = {"tests/benchmarks", "tests/test_end_to_end.py", "tests/lmm/test_zero3_freeze_and_export.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        where = Path(item.fspath).relative_to(REPO_ROOT).as_posix()
+        params = getattr(getattr(item, "callspec", None), "params", {})  # fixtures requested by name
+        uses = set(item.fixturenames) | {v for v in params.values() if isinstance(v, str)}
+        if where.startswith("tests/slurm/"):
+            item.add_marker(pytest.mark.slurm)
+        elif (RUN_FIXTURES & uses or item.get_closest_marker("multiprocess")
+              or any(where.startswith(m) for m in MULTIPROCESS_MODULES)):
+            item.add_marker(pytest.mark.multiprocess)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 TINY_OVERRIDES = [
     "model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",
