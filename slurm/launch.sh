@@ -11,13 +11,25 @@
 # Exit code: srun's, except 75 when the run stopped after a checkpoint without requeueing (train.max_requeues
 # reached): the ranks then exit 0 and leave LMM_STOP_MARKER, since a rank exiting 75 first would get its siblings
 # killed and the step would report SIGTERM instead.
-# Environment: LMM_PYTHON (interpreter, default `python`), MASTER_PORT (to override the derived port).
+# Environment: LMM_PYTHON (interpreter; default: the checkout's .venv when present, else `python`), MASTER_PORT
+# (to override the derived port).
 set -euo pipefail
 
 entry=${1:?usage: slurm/launch.sh pretrain|evaluate ARGS...}
 shift
 : "${SLURM_JOB_ID:?slurm/launch.sh runs inside a Slurm allocation (sbatch slurm/pretrain_10m.sh)}"
 cd "${SLURM_SUBMIT_DIR:-.}"
+
+if [[ -n ${LMM_PYTHON:-} ]]; then PYTHON=$LMM_PYTHON
+elif [[ -x .venv/bin/python ]]; then PYTHON=$PWD/.venv/bin/python
+else PYTHON=python; fi
+if ! checked=$("$PYTHON" -c "import importlib.metadata as m, torch, deepspeed, open_clip, transformers
+print(m.version('lmm-scaling'))" 2>&1); then  # the last line: the version, or the import error
+    echo "[launch] error: $PYTHON cannot import the project's packages (${checked##*$'\n'}): run 'make setup' in" \
+         "$PWD, or set LMM_PYTHON to the interpreter of your environment" >&2
+    exit 1
+fi
+echo "[launch] python $PYTHON, lmm-scaling ${checked##*$'\n'}, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_ADDR
@@ -31,7 +43,7 @@ echo "[launch] job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLUR
 export LMM_STOP_MARKER="${SLURM_SUBMIT_DIR:-$PWD}/slurm/logs/.stopped-${SLURM_JOB_ID}"
 rm -f "$LMM_STOP_MARKER"
 status=0
-srun --kill-on-bad-exit=1 --cpu-bind=none "${LMM_PYTHON:-python}" -m "launch.${entry}" "$@" || status=$?
+srun --kill-on-bad-exit=1 --cpu-bind=none "$PYTHON" -m "launch.${entry}" "$@" || status=$?
 if [[ $status -eq 0 && -e $LMM_STOP_MARKER ]]; then
     echo "[launch] $(cat "$LMM_STOP_MARKER"); not requeued: resubmit to resume"
     rm -f "$LMM_STOP_MARKER"

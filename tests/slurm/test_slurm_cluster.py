@@ -60,9 +60,10 @@ def run_overrides(world: Path, out: Path, *extra: str) -> list[str]:
             "train.checkpoint_every=8", f"output_dir={out}", *extra]
 
 
-def sbatch(out: Path, args: list[str], script: str = PRETRAIN_10M, flags: list[str] = CPU_FLAGS) -> str:
+def sbatch(out: Path, args: list[str], script: str = PRETRAIN_10M, flags: list[str] = CPU_FLAGS,
+           python: str = sys.executable) -> str:
     """Submit a slurm/ batch script from the repository root, as a user would; returns the job id."""
-    env = {**os.environ, "LMM_PYTHON": sys.executable}
+    env = {**os.environ, "LMM_PYTHON": python}
     result = subprocess.run(["sbatch", "--parsable", *flags, f"--output={out}.log", script, *args],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -131,6 +132,7 @@ def test_pretrain_script_trains_on_two_nodes_and_exits_0(uninterrupted):
     log = Path(f"{out}.log").read_text()
     assert (state, exit_code) == ("COMPLETED", "0:0"), log[-3000:]
     assert f"[launch] job {job} (restart 0) on n[1-2]: 2 tasks, master n1:" in log
+    assert f"[launch] python {sys.executable}, lmm-scaling " in log
     assert logged_steps(Path(f"{out}.log")) == list(range(1, STEPS + 1))
     assert [read_meta(c).step for c in complete_checkpoints(out)] == [8, 16, 24, 32]
     assert slurm("sacct", "-X", "-n", "-P", "-o", "NNodes", "-j", job) == "2"
@@ -204,6 +206,18 @@ def test_a_changed_config_is_refused_on_every_rank_with_exit_2(uninterrupted, de
     text = Path(f"{out}.log").read_text()
     assert "data.caption_source: 'capsfusion' (run) -> 'raw' (now)" in text, text[-3000:]
     assert (base_out / "config.json").read_text() == saved
+
+
+def test_an_interpreter_without_the_packages_fails_in_one_line(cluster, demo_world, tmp_path):
+    bare = subprocess.run(["bash", "-c", "command -v python3"], capture_output=True, text=True).stdout.strip()
+    if not bare or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("no interpreter without torch on this machine")
+    out = tmp_path / "bare"
+    job = sbatch(out, run_overrides(demo_world, out), python=bare)
+    assert wait_for_end(job, timeout=120) == ("FAILED", "1:0")
+    text = Path(f"{out}.log").read_text()
+    assert f"[launch] error: {bare} cannot import the project's packages (ModuleNotFoundError: No module named" in text
+    assert "run 'make setup' in" in text and "Traceback" not in text
 
 
 def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_path):
