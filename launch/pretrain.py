@@ -6,9 +6,10 @@ over, a resume that changes what the run is, or frozen weight files that changed
 75 stopped by a signal after a checkpoint without a
 requeue (rerun to resume).
 
-Under ``srun --kill-on-bad-exit`` a rank that exits 75 first would get its siblings killed (the step then reports
-SIGTERM, not 75), so when ``LMM_STOP_MARKER`` names a file, a stopped run writes it from rank 0 and every rank exits
-0; ``slurm/launch.sh`` turns the marker into the job's exit code 75.
+Under ``srun --kill-on-bad-exit`` a rank that exits non-zero first gets its siblings killed (the step then
+reports their SIGTERM, not 75 or 2; measured: a refused resume ended ``FAILED 15:0``), so when ``LMM_STOP_MARKER``
+names a file, a stopped run or a config error writes its exit code and a message there and every rank exits 0;
+``slurm/launch.sh`` turns the marker into the job's exit code.
 """
 from __future__ import annotations
 
@@ -39,22 +40,35 @@ def run(config) -> int:
         except (ConfigError, FrozenWeightsError, RunChangedError, UnsafeCheckpointError) as err:
             if distributed.detect_env().is_main:  # raised on every rank, before anything was written
                 print(f"error: {err}", file=sys.stderr, flush=True)
-            return EXIT_BAD_CONFIG
+            return exit_through_launcher(EXIT_BAD_CONFIG, "refused before anything was written (see the error above)")
         except distributed.PeerLost as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return EXIT_PEER_LOST
         if outcome is not StopOutcome.NOT_REQUEUED:
             return 0
-        marker = os.environ.get(STOP_MARKER_ENV)
-        if not marker:
-            return EXIT_STOPPED
-        if distributed.detect_env().is_main:
-            Path(marker).parent.mkdir(parents=True, exist_ok=True)
-            Path(marker).write_text(f"stopped after a checkpoint in {config.output_dir}\n")
+        code = exit_through_launcher(EXIT_STOPPED, f"stopped after a checkpoint in {config.output_dir}; not "
+                                     "requeued: resubmit to resume", every_rank=False)
         distributed.barrier()  # the marker exists before any rank exits
-        return 0
+        return code
     finally:
         distributed.shutdown()  # before exit, or srun may report the task as aborted
+
+
+def exit_through_launcher(code: int, message: str, every_rank: bool = True) -> int:
+    """``code``, or 0 after writing ``"<code> <message>"`` to ``LMM_STOP_MARKER`` (under slurm/launch.sh). Ranks that
+    all reach the same verdict each write it (atomically, same content); otherwise only rank 0 does."""
+    from lmm import distributed
+
+    marker = os.environ.get(STOP_MARKER_ENV)
+    if not marker:
+        return code
+    if every_rank or distributed.detect_env().is_main:
+        path = Path(marker)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(f"{code} {message}\n")
+        os.replace(tmp, path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return exit_through_launcher(EXIT_BAD_CONFIG, "config error (see above)")
     return run(config)
 
 

@@ -9,8 +9,8 @@
 # distinct between jobs sharing a node); rank / local rank / world size come from SLURM_PROCID / SLURM_LOCALID /
 # SLURM_NTASKS in lmm.distributed. --kill-on-bad-exit: one dead rank ends the whole step at once (no hang).
 # Exit code: srun's, except 75 when the run stopped after a checkpoint without requeueing (train.max_requeues
-# reached): the ranks then exit 0 and leave LMM_STOP_MARKER, since a rank exiting 75 first would get its siblings
-# killed and the step would report SIGTERM instead.
+# reached) and 2 for a config error: the ranks then exit 0 and leave the code in LMM_STOP_MARKER, since a rank
+# exiting non-zero first would get its siblings killed and the step would report their SIGTERM instead.
 # Environment: LMM_PYTHON (interpreter; default: the checkout's .venv when present, else `python`), MASTER_PORT
 # (to override the derived port).
 set -euo pipefail
@@ -44,9 +44,10 @@ export LMM_STOP_MARKER="${SLURM_SUBMIT_DIR:-$PWD}/slurm/logs/.stopped-${SLURM_JO
 rm -f "$LMM_STOP_MARKER"
 status=0
 srun --kill-on-bad-exit=1 --cpu-bind=none "$PYTHON" -m "launch.${entry}" "$@" || status=$?
-if [[ $status -eq 0 && -e $LMM_STOP_MARKER ]]; then
-    echo "[launch] $(cat "$LMM_STOP_MARKER"); not requeued: resubmit to resume"
+if [[ $status -eq 0 && -e $LMM_STOP_MARKER ]]; then  # "<exit code> <message>" (launch.pretrain)
+    read -r code message < "$LMM_STOP_MARKER"
+    echo "[launch] $message"
     rm -f "$LMM_STOP_MARKER"
-    exit 75
+    exit "$code"
 fi
 exit "$status"
