@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmm import distributed
-from lmm.config import ModelConfig
 from lmm.files import write_json_atomic
 from lmm.training import elastic, frozen_weights
 
@@ -71,13 +70,13 @@ def save(engine, output_dir: str | Path, meta: CheckpointMeta, client_state: dic
     return path
 
 
-def resume(engine, checkpoint: str | Path, model: ModelConfig, universal: Path | None = None) -> dict:
+def resume(engine, checkpoint: str | Path, universal: Path | None = None) -> dict:
     """Load ``checkpoint`` into ``engine`` (from its ``universal`` form when given: another world size); returns
-    its client state. Frozen weights it left out must be the unchanged files ``model`` names (FrozenWeightsError)."""
+    its client state. The caller has checked the frozen files it left out (``frozen_weights.verify``, before
+    anything was written)."""
     from lmm.safe_loading import safe_loading
 
     checkpoint = Path(checkpoint)
-    frozen_weights.verify(checkpoint, model)
     source = universal or checkpoint
     with safe_loading():
         _, client_state = engine.load_checkpoint(str(source.parent), tag=source.name,

@@ -9,21 +9,9 @@ import copy
 import json
 from pathlib import Path
 
-from lmm.config import ConfigError, ExperimentConfig, total_steps
+from lmm.config import ConfigError, ExperimentConfig, check_world_size, total_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def gradient_accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """``global = micro x accumulation x world`` exactly, or a ConfigError saying what would work."""
-    per_step = micro_batch * world_size
-    if global_batch % per_step:
-        raise ConfigError(
-            f"config key 'train.global_batch_size': {global_batch} is not divisible by micro batch {micro_batch} "
-            f"x world size {world_size} = {per_step}; pick a micro batch that divides {global_batch // world_size}"
-            if global_batch % world_size == 0 else
-            f"config key 'train.global_batch_size': {global_batch} is not divisible by the world size {world_size}")
-    return global_batch // per_step
 
 
 def read_template(path: str | Path) -> dict:
@@ -40,8 +28,7 @@ def build_deepspeed_config(config: ExperimentConfig, world_size: int) -> dict:
     ds = copy.deepcopy(read_template(t.deepspeed_template))
     ds["train_batch_size"] = t.global_batch_size
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
-    ds["gradient_accumulation_steps"] = gradient_accumulation_steps(t.global_batch_size, t.micro_batch_size,
-                                                                    world_size)
+    ds["gradient_accumulation_steps"] = check_world_size(config, world_size)
     ds["gradient_clipping"] = t.grad_clip
     ds["bf16"] = {"enabled": t.precision == "bf16"}
     ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": t.zero_stage}

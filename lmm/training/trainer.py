@@ -250,7 +250,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
 
     state = {"step": 0, "consumed_batches": 0}
     if start is not None:
-        state = checkpoint.resume(engine, start.checkpoint, config.model, start.universal)
+        state = checkpoint.resume(engine, start.checkpoint, start.universal)
     d = config.data
     data_state = state.get("data")
     if data_state is not None:

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT, TINY_OVERRIDES
 from lmm.config import (ConfigError, ExperimentConfig, apply_overrides, check_world_size, config_from_dict,
                         load_config, stop_step, total_steps)
-from lmm.training.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
+from lmm.training.deepspeed_config import build_deepspeed_config
 
 
 @pytest.mark.parametrize("name,samples,warmup", [("10m", 10_000_000, 500), ("50m", 50_000_000, 1000),
@@ -57,11 +57,13 @@ def test_mixed_ratios_accepted():
 
 
 def test_gradient_accumulation_is_exact():
-    assert gradient_accumulation_steps(8192, 16, 64) == 8
+    config = load_config(REPO_ROOT / "configs/demo.yaml", ["data.train_manifest=", "train.global_batch_size=8192",
+                                                           "data.num_samples=819200", "train.micro_batch_size=16"])
+    assert check_world_size(config, 64) == 8
     with pytest.raises(ConfigError, match="pick a micro batch that divides 128"):
-        gradient_accumulation_steps(8192, 48, 64)
+        check_world_size(config, 64, micro_batch_size=48)
     with pytest.raises(ConfigError, match="not divisible by the world size 3"):
-        gradient_accumulation_steps(8192, 16, 3)
+        check_world_size(config, 3)
 
 
 def test_deepspeed_config_follows_experiment_config():
