@@ -1,7 +1,8 @@
 """One checkpoint on one benchmark -> one result record: generate (all ranks), score (rank 0), describe.
 
 The record holds the run's identity (run name, caption source, target sample count, step, samples seen, config
-hash), the benchmark, the metrics, the checkpoint path and the protocol (prompt, decoding settings,
+hash), the benchmark, the metrics with 95% bootstrap intervals over images (``intervals``) and CIDEr per image
+(``per_image``, in image order), the checkpoint path and the protocol (prompt, decoding settings,
 post-processing, tokenizer, precision), because CIDEr moves by tens of points with the prompt alone.
 """
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from lmm.config import ConfigError, EvalConfig
 from lmm.eval.benchmarks import BENCHMARKS, Benchmark, EvalImage, load_benchmark, missing_images
+from lmm.eval.bootstrap import uncertainty_fields
 from lmm.eval.captioning import POSTPROCESS, eval_device_and_dtype, generate_captions
 from lmm.eval.loading import EvalModel
 from lmm.eval.ptb_tokenizer import resolve_backend
-from lmm.eval.scoring import score_captions
+from lmm.eval.scoring import score_captions, score_with_per_image
 
 NUM_EXAMPLES = 5
 
@@ -97,7 +99,7 @@ def evaluate_benchmark(loaded: EvalModel, eval_config: EvalConfig, target: Bench
     if rank != 0:
         return None
     references = {img.image_id: img.references for img in images}
-    metrics = score_captions(references, captions, eval_config.tokenizer, eval_config.meteor)
+    metrics, per_image = score_with_per_image(references, captions, eval_config.tokenizer, eval_config.meteor)
     for domain in sorted({img.domain for img in images if img.domain}):  # NoCaps reports each domain too
         subset = [img for img in images if img.domain == domain]
         metrics[f"{domain}/CIDEr"] = score_captions({img.image_id: img.references for img in subset},
@@ -105,7 +107,8 @@ def evaluate_benchmark(loaded: EvalModel, eval_config: EvalConfig, target: Bench
                                                     eval_config.tokenizer, with_meteor=False)["CIDEr"]
     proto = protocol(eval_config, target)
     return {**asdict(loaded.meta), "benchmark": name, "checkpoint": str(loaded.path.resolve()),
-            "metrics": metrics, "protocol": proto, "protocol_digest": protocol_digest(proto),
+            "metrics": metrics, **uncertainty_fields(per_image), "protocol": proto,
+            "protocol_digest": protocol_digest(proto),
             "examples": [{"image_id": img.image_id, "caption": captions[img.image_id],
                           "references": img.references[:2]} for img in images[:NUM_EXAMPLES]],
             "eval_world_size": world_size, "eval_seconds": round(time.time() - start, 2),
