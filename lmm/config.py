@@ -99,6 +99,16 @@ class TrainConfig:
     lr: float = 3e-4
     min_lr: float = 3e-5
     warmup_steps: int = 500
+    # LR schedule (lmm/training/schedule.py): cosine | wsd (warmup, stable, decay) | wsd-s (a decay at each of
+    # ``budgets`` and at the end, back to ``lr`` after each)
+    schedule: Literal["cosine", "wsd", "wsd-s"] = "cosine"
+    decay_fraction: float = 0.2  # wsd / wsd-s: share of each budget spent decaying to min_lr
+    decay_shape: Literal["linear", "1-sqrt", "cosine"] = "1-sqrt"  # wsd / wsd-s decay shape
+    budgets: list[int] = field(default_factory=list)  # wsd-s: samples at which inner decays end
+    # samples this run trains on: its last step and the end of its LR schedule (default data.num_samples, one
+    # epoch). Smaller: the run stops inside the epoch's order, as a decay branch of a longer run does.
+    budget_samples: Optional[int] = None
+    init_from: Optional[str] = None  # a checkpoint of another run this run starts from (a decay branch)
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     grad_clip: float = 1.0
@@ -366,6 +376,9 @@ def validate(config: ExperimentConfig) -> None:
     if d.num_samples < t.global_batch_size:
         raise ConfigError(f"config key 'data.num_samples': {d.num_samples} is less than one global batch "
                           f"({t.global_batch_size})")
+    if t.budget_samples is not None and not t.global_batch_size <= t.budget_samples <= d.num_samples:
+        raise ConfigError(f"config key 'train.budget_samples': must be between one global batch "
+                          f"({t.global_batch_size}) and data.num_samples ({d.num_samples}), got {t.budget_samples}")
     if not any([m.vision.trainable, m.bridge.trainable, m.llm.trainable]):
         raise ConfigError("config key 'model': every component is frozen; nothing would train")
     for key, part in (("model.vision", m.vision), ("model.llm", m.llm)):
@@ -375,9 +388,30 @@ def validate(config: ExperimentConfig) -> None:
                               f"local weight path (or model.allow_random_frozen=true for tests and tiny runs)")
 
 
+def budget_samples(config: ExperimentConfig) -> int:
+    """Samples the run trains on: ``train.budget_samples``, else one epoch of ``data.num_samples``."""
+    return config.train.budget_samples or config.data.num_samples
+
+
 def total_steps(config: ExperimentConfig) -> int:
-    """Optimizer steps of the run (and of its LR schedule): one epoch of ``data.num_samples``."""
-    return config.data.num_samples // config.train.global_batch_size
+    """Optimizer steps of the run (and of its LR schedule): its budget (default one epoch of
+    ``data.num_samples``) in global batches."""
+    return budget_samples(config) // config.train.global_batch_size
+
+
+def decay_ends(config: ExperimentConfig) -> list[int]:
+    """Steps at which the LR reaches ``min_lr`` after a decay, ascending; the run's last step is the last one."""
+    t = config.train
+    end = total_steps(config)
+    if t.schedule != "wsd-s":
+        return [end]
+    inner = sorted({b // t.global_batch_size for b in t.budgets if b // t.global_batch_size < end})
+    return inner + [end]
+
+
+def decay_steps(config: ExperimentConfig, end: int) -> int:
+    """Length of the decay that ends at step ``end`` (WSD families): ``decay_fraction`` of ``end``, at least 1."""
+    return max(1, round(config.train.decay_fraction * end))
 
 
 def stop_step(config: ExperimentConfig) -> int:
@@ -428,7 +462,31 @@ def check_run(config: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'train.warmup_steps': {t.warmup_steps} warmup steps, but the run has only "
                           f"{steps} optimizer steps (data.num_samples {d.num_samples} // train.global_batch_size "
                           f"{t.global_batch_size}); the LR would never reach its peak")
+    check_schedule(config)
     check_eval(config.eval)
+
+
+def check_schedule(config: ExperimentConfig) -> None:
+    """WSD families: a decay fraction in (0, 1], budgets inside the run, and every decay starting after the
+    warmup and after the previous decay's end (else two phases would overlap)."""
+    t = config.train
+    if t.schedule == "cosine":
+        _need(not t.budgets, "train.budgets", "empty unless train.schedule=wsd-s", t.budgets)
+        return
+    _need(0 < t.decay_fraction <= 1, "train.decay_fraction", "in (0, 1]", t.decay_fraction)
+    if t.schedule == "wsd":
+        _need(not t.budgets, "train.budgets", "empty unless train.schedule=wsd-s", t.budgets)
+    batch, end = t.global_batch_size, total_steps(config)
+    _need(all(batch <= b and b // batch < end for b in t.budgets), "train.budgets",
+          f"samples between one global batch ({batch}) and the run's budget ({budget_samples(config)})", t.budgets)
+    previous = t.warmup_steps
+    for decay_end in decay_ends(config):
+        start = decay_end - decay_steps(config, decay_end)
+        if start < previous:
+            raise ConfigError(f"config key 'train.decay_fraction': the decay ending at step {decay_end} would start "
+                              f"at step {start}, before step {previous} (the end of the warmup or of the previous "
+                              f"decay); use fewer warmup steps, a smaller decay fraction or budgets further apart")
+        previous = decay_end
 
 
 def check_caption_fields(config: ExperimentConfig) -> None:

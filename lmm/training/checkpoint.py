@@ -30,12 +30,17 @@ CHECKPOINTS_DIR = "checkpoints"
 class CheckpointMeta:
     run_name: str
     caption_source: str
-    num_samples: int  # the run's target sample count (the data scale it belongs to)
+    num_samples: int  # the run's budget: the samples it trains on (the data scale it belongs to)
     step: int
     samples_seen: int
     zero_stage: int
     config_digest: str
     world_size: int = 0  # ranks that wrote it (0: unknown, older checkpoints)
+    schedule: str = "cosine"  # the LR schedule family (train.schedule)
+    total_steps: int = 0  # the run's last step (0: unknown, older checkpoints)
+    budget_point: bool = False  # a decay ends here (lmm.config.decay_ends): the point of a budget on a curve
+    parent: str = ""  # the checkpoint a decay branch started from ("" for a run from scratch)
+    branch_step: int = 0  # that checkpoint's step
     files: dict[str, int] = field(default_factory=dict)  # every file (relative path) -> size in bytes
 
 

@@ -1,7 +1,9 @@
 """DeepSpeed config = a JSON template (``configs/deepspeed/``) + the values the experiment config owns.
 
-The experiment config is the single source of truth for batch sizes, precision, ZeRO stage, optimizer and
-schedule; the template holds DeepSpeed-only knobs (bucket sizes, overlap, persistence thresholds).
+The experiment config is the single source of truth for batch sizes, precision, ZeRO stage and optimizer; the
+template holds DeepSpeed-only knobs (bucket sizes, overlap, persistence thresholds). The LR schedule is not in
+the DeepSpeed config: ``lmm.training.schedule`` hands DeepSpeed the scheduler object (a template's
+``scheduler`` section is dropped).
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import copy
 import json
 from pathlib import Path
 
-from lmm.config import ConfigError, ExperimentConfig, check_world_size, total_steps
+from lmm.config import ConfigError, ExperimentConfig, check_world_size
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +37,5 @@ def build_deepspeed_config(config: ExperimentConfig, world_size: int) -> dict:
     optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True, "adam_w_mode": True}})
     optimizer["params"] = {**optimizer.get("params", {}), "lr": t.lr, "betas": list(t.betas),
                            "weight_decay": t.weight_decay}
-    scheduler = ds.setdefault("scheduler", {"type": "WarmupCosineLR", "params": {"warmup_type": "linear"}})
-    scheduler["params"] = {**scheduler.get("params", {}), "total_num_steps": total_steps(config),
-                           "warmup_num_steps": t.warmup_steps, "cos_min_ratio": t.min_lr / t.lr}
+    ds.pop("scheduler", None)  # the schedule is lmm.training.schedule's, passed to deepspeed.initialize
     return ds

@@ -25,6 +25,9 @@ RESUMABLE = (  # dotted keys (a trailing "." covers a whole section)
     "eval.",
 )
 HISTORY_FILE = "history.jsonl"
+# what a decay branch may differ in from the run it starts from (besides RESUMABLE): its name and place, where
+# its schedule ends and how it decays. The data section must match: the branch continues the parent's order.
+BRANCHABLE = ("run_name", "train.budget_samples", "train.init_from", "train.decay_fraction", "train.decay_shape")
 
 
 class RunChangedError(ValueError):
@@ -77,6 +80,17 @@ def check(saved: dict, new: dict, run_dir: str | Path, step: int) -> dict[str, t
             f"the run is:\n{lines}\nResume with the run's values, or start a new run in another output_dir. "
             f"Keys a resume may change: {', '.join(RESUMABLE)}")
     return {k: v for k, v in diff.items() if resumable(k)}
+
+
+def check_branch(parent: dict, new: dict, parent_checkpoint: str | Path) -> None:
+    """A decay branch starting from ``parent_checkpoint`` may only differ from the parent run's config in
+    RESUMABLE and BRANCHABLE keys; raises RunChangedError listing the others."""
+    refused = {k: v for k, v in changes(parent, new).items() if not resumable(k) and k not in BRANCHABLE}
+    if refused:
+        lines = "\n".join(f"  {k}: {old!r} (parent) -> {value!r} (branch)" for k, (old, value) in refused.items())
+        raise RunChangedError(
+            f"a branch of {parent_checkpoint} must train the parent's model on the parent's data; these keys "
+            f"differ:\n{lines}\nKeys a branch may change: {', '.join(BRANCHABLE + RESUMABLE)}")
 
 
 def record(run_dir: str | Path, step: int, allowed: dict[str, tuple]) -> None:

@@ -47,6 +47,17 @@ def cut_back(run_dir: str | Path, step: int) -> None:
             os.replace(tmp, path)
 
 
+def inherit(parent_run_dir: str | Path, run_dir: str | Path, step: int) -> None:
+    """A decay branch starts its ledger with its parent's steps up to ``step`` (rank 0, at the branch's first
+    start), so the branch's ledger accounts for every sample its weights were trained on."""
+    source = Path(parent_run_dir) / LEDGER_DIR
+    for path in sorted(source.glob("rank*.tsv")):
+        target = Path(run_dir) / LEDGER_DIR / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                  if line.endswith("\n") and int(line.split("\t", 1)[0]) <= step))
+
+
 def read(run_dir: str | Path) -> dict[int, list[str]]:
     """``{step: keys of every rank}`` from a run's ledger."""
     steps: dict[int, list[str]] = {}

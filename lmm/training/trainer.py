@@ -18,14 +18,15 @@ from data_pipeline.loader import CaptionStream, build_train_loader, caption_corp
 from data_pipeline.manifest import load_manifest, subset
 from data_pipeline.progress import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from lmm import distributed
-from lmm.config import ExperimentConfig, check_world_size, stop_step
+from lmm.config import (ConfigError, ExperimentConfig, budget_samples, check_world_size, decay_ends, stop_step,
+                        total_steps)
 from lmm.files import write_json_atomic
 from lmm.models.llm import pretrained_tokenizer_file
 from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
 from lmm.sequence import IGNORE_INDEX, SequenceLayout
 from lmm.tokenizer import CaptionTokenizer, train_tokenizer
-from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger
+from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger, schedule
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
@@ -49,11 +50,14 @@ def set_tf32(enabled: bool) -> None:
 
 def with_tokenizer_path(config: ExperimentConfig) -> ExperimentConfig:
     """The config with ``model.tokenizer.path`` set: the given one, the pretrained decoder's ``tokenizer.model``,
-    else ``<output_dir>/tokenizer.model`` (trained on the training captions by ``train_tokenizer_once``)."""
+    a decay branch's parent's, else ``<output_dir>/tokenizer.model`` (trained on the training captions by
+    ``train_tokenizer_once``)."""
     if config.model.tokenizer.path is not None:
         return config
     if config.model.llm.pretrained is not None:
         model_file = pretrained_tokenizer_file(config.model.llm)
+    elif config.train.init_from:
+        model_file = checkpoint.run_dir_of(config.train.init_from) / "tokenizer.model"
     else:
         model_file = Path(config.output_dir) / "tokenizer.model"
     return replace(config, model=replace(config.model, tokenizer=replace(config.model.tokenizer,
@@ -78,7 +82,8 @@ def build_engine(config: ExperimentConfig, model: LMM, world_size: int, is_main:
     if is_main:
         print(json.dumps({"optimizer_groups": summary}), flush=True)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups,
-                                           config=ds_config or build_deepspeed_config(config, world_size))
+                                           config=ds_config or build_deepspeed_config(config, world_size),
+                                           lr_scheduler=schedule.scheduler_factory(config))
     return engine
 
 
@@ -95,6 +100,9 @@ class Trainer:
         self.data_progress = data_progress or LoaderProgress(config.data.num_workers)
         self.meter, self.losses, self.history = ThroughputMeter(), [], []
         self.stopped_early = False  # a stop signal ended ``fit`` before the last step (after a checkpoint)
+        self.lr = float("nan")  # the LR of the latest update (logged as train/lr)
+        self.budget_steps = set(decay_ends(config))  # always checkpointed: the points of the scaling curves
+        self.lineage = branch_lineage(config)
 
     @property
     def samples_seen(self) -> int:
@@ -102,7 +110,7 @@ class Trainer:
 
     def train_step(self, batches: Iterator[dict]) -> None:
         """One optimizer step: forward/backward over ``gradient_accumulation_steps`` micro-batches."""
-        keys = []
+        keys, self.lr = [], self.engine.get_lr()[0]  # the LR this update trains with
         for _ in range(self.engine.gradient_accumulation_steps()):
             batch = next(batches)
             if self.ledger.enabled:
@@ -122,7 +130,7 @@ class Trainer:
         samples_per_s, tokens_per_s = self.meter.rates()
         grad_norm = self.engine.get_global_grad_norm()
         scalars = {"train/loss": mean_across_ranks(torch.stack(self.losses).mean().item()),
-                   "train/lr": self.engine.get_lr()[0],
+                   "train/lr": self.lr,
                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                    "perf/samples_per_s": samples_per_s, "perf/tokens_per_s": tokens_per_s,
                    **self.data_progress.skip_scalars()}
@@ -132,8 +140,9 @@ class Trainer:
 
     def save(self) -> None:
         c = self.config
-        meta = CheckpointMeta(c.run_name, c.data.caption_source, c.data.num_samples, self.step, self.samples_seen,
-                              c.train.zero_stage, c.digest(), distributed.detect_env().world_size)
+        meta = CheckpointMeta(c.run_name, c.data.caption_source, budget_samples(c), self.step, self.samples_seen,
+                              c.train.zero_stage, c.digest(), distributed.detect_env().world_size,
+                              c.train.schedule, total_steps(c), self.step in self.budget_steps, *self.lineage)
         self.ledger.flush()  # before the checkpoint is complete: a complete checkpoint's steps are in the ledger
         started = time.monotonic()
         path = checkpoint.save(self.engine, c.output_dir, meta, {"step": self.step,
@@ -170,9 +179,17 @@ class Trainer:
         if stopping and distributed.detect_env().is_main:
             print(f"[preemption] stop signal received: checkpointing after step {self.step}", file=sys.stderr,
                   flush=True)
-        if self.step % t.checkpoint_every == 0 or self.step == last or stopping:
+        if self.step % t.checkpoint_every == 0 or self.step == last or self.step in self.budget_steps or stopping:
             self.save()
         self.stopped_early = stopping and self.step < last
+
+
+def branch_lineage(config: ExperimentConfig) -> tuple[str, int]:
+    """(parent checkpoint, its step) of a decay branch (``train.init_from``); ("", 0) for a run from scratch."""
+    if not config.train.init_from:
+        return "", 0
+    parent = Path(config.train.init_from).resolve()
+    return str(parent), checkpoint.read_meta(parent).step
 
 
 @dataclass
@@ -183,6 +200,7 @@ class ResumePoint:
     step: int
     universal: Path | None = None
     changes: dict = field(default_factory=dict)  # allowed config changes since the run's config.json
+    branch: bool = False  # the checkpoint is the parent run's (``train.init_from``): the branch's first start
 
 
 def find_resume_point(config: ExperimentConfig, env: distributed.DistEnv) -> ResumePoint | None:
@@ -191,16 +209,36 @@ def find_resume_point(config: ExperimentConfig, env: distributed.DistEnv) -> Res
     (FrozenWeightsError)."""
     output_dir = Path(config.output_dir)
     latest = checkpoint.newest_resumable(output_dir, verbose=env.is_main)
+    branch = latest is None and config.train.init_from is not None
+    if branch:
+        latest = parent_checkpoint(config)
     if latest is None:
         return None
     step = checkpoint.read_meta(latest).step
     saved = output_dir / RUN_CONFIG_FILE
     changes = (resume_guard.check(json.loads(saved.read_text()), config.to_dict(), output_dir, step)
-               if saved.is_file() else {})
+               if saved.is_file() and not branch else {})
     frozen_weights.verify(latest, config.model)
     saved_ranks = elastic.saved_world_size(latest)
     needs_universal = saved_ranks is not None and saved_ranks != env.world_size
-    return ResumePoint(latest, step, elastic.universal_path(latest) if needs_universal else None, changes)
+    return ResumePoint(latest, step, elastic.universal_path(latest) if needs_universal else None, changes, branch)
+
+
+def parent_checkpoint(config: ExperimentConfig) -> Path:
+    """The checkpoint a decay branch starts from, checked: complete, readable, and from a run whose config
+    differs from the branch's only where a branch may (``resume_guard.check_branch``)."""
+    parent = Path(config.train.init_from)
+    reason = (checkpoint.unreadable(parent) if (parent / checkpoint.META_FILE).is_file()
+              else "not a complete checkpoint (no meta.json)")
+    if reason is not None:
+        raise ConfigError(f"config key 'train.init_from': cannot start from {parent}: {reason}")
+    parent_config = checkpoint.run_dir_of(parent) / RUN_CONFIG_FILE
+    if parent_config.is_file():
+        resume_guard.check_branch(json.loads(parent_config.read_text()), config.to_dict(), parent)
+    if checkpoint.read_meta(parent).step >= total_steps(config):
+        raise ConfigError(f"config key 'train.init_from': {parent} is at step {checkpoint.read_meta(parent).step}, "
+                          f"not before the branch's last step {total_steps(config)}")
+    return parent
 
 
 def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distributed.DistEnv) -> None:
@@ -211,9 +249,12 @@ def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distr
         return
     if start is not None:
         resume_guard.record(output_dir, start.step, start.changes)
+        if start.branch and config.train.sample_ledger:
+            sample_ledger.inherit(checkpoint.run_dir_of(start.checkpoint), output_dir, start.step)
         sample_ledger.cut_back(output_dir, start.step)
         how = f" on {env.world_size} ranks (re-partitioned)" if start.universal else ""
-        print(f"[resume] resuming from {start.checkpoint}{how}", file=sys.stderr, flush=True)
+        what = "branching from the parent checkpoint" if start.branch else "resuming from"
+        print(f"[resume] {what} {start.checkpoint}{how}", file=sys.stderr, flush=True)
     write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
 
 
@@ -251,6 +292,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     state = {"step": 0, "consumed_batches": 0}
     if start is not None:
         state = checkpoint.resume(engine, start.checkpoint, start.universal)
+        schedule.align(engine.lr_scheduler, state["step"])  # a branch decays from here, unlike its parent
     d = config.data
     data_state = state.get("data")
     if data_state is not None:
