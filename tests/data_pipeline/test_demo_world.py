@@ -133,6 +133,10 @@ def test_idempotent_and_spec_sensitive(tmp_path):
     assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["shard-000000.tar"]
 
 
+def test_default_eval_split_size():
+    assert dw.DemoWorldSpec().num_eval == 500  # the demo's CIDEr intervals are sized for 500 images
+
+
 def test_cli(tmp_path, capsys):
     dw.main(["--out", str(tmp_path), "--num-train", "5", "--num-eval", "2",
              "--samples-per-shard", "5", "--image-size", "64", "--seed", "7"])
