@@ -42,5 +42,6 @@ setup(
         "lmm-submit=launch.submit:main",
         "lmm-prepare=data_pipeline.prepare:main",
         "lmm-check-ledger=launch.check_ledger:main",
+        "lmm-study=launch.study:main",
     ]},
 )

@@ -246,7 +246,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return where + problem + (f" ({context})" if context else "")
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     """Read a YAML config, resolving its ``base:`` chain; an empty file or broken YAML is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -262,7 +262,7 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping")
     base = data.pop("base", None)
     if base is not None:
-        data = _deep_merge(_read_yaml(path.parent / base), data)
+        data = _deep_merge(read_yaml(path.parent / base), data)
     return data
 
 
@@ -323,7 +323,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     loaded here must pass :func:`check_run` and :func:`check_caption_fields`: it is about to start, plan or
     submit a run. No I/O but reading the YAML files and, when it exists, the manifest's json.
     """
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = read_yaml(Path(path)) if path is not None else {}
     config = config_from_dict(apply_overrides(data, list(overrides)))
     check_run(config)
     check_caption_fields(config)
