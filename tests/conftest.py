@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # fixtures that train real runs (DeepSpeed ranks under torchrun or Slurm): a test using one is ``multiprocess``
 RUN_FIXTURES = {"zero3_run", "lean_zero3_run", "zero2_run", "runs", "elastic", "uninterrupted", "cluster"}
 # modules whose tests start ranks or training processes themselves
-MULTIPROCESS_MODULES = {"tests/benchmarks", "tests/test_end_to_end.py", "tests/lmm/test_zero3_freeze_and_export.py"}
+MULTIPROCESS_MODULES = {"tests/benchmarks", "tests/test_end_to_end.py", "tests/test_study.py", "tests/lmm/test_zero3_freeze_and_export.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -103,36 +103,3 @@ def test_resume_on_other_ranks_reads_every_sample_once_and_keeps_the_schedule(el
     assert history[0]["changed"]["data.num_workers"] == {"was": 2, "now": 1}
     assert history[0]["resumed_at_step"] == 5 and history[1]["resumed_at_step"] == 6
 
-
-@pytest.fixture(scope="module")
-def branches(demo_world, tmp_path_factory):
-    """A WSD main run (8 steps, decaying over its last 2) paused at step 3, a decay branch of 64 samples (4 steps,
-    decaying over its last one) started from the main run's step-3 checkpoint, then the main run to its end."""
-    root = tmp_path_factory.mktemp("wsd")
-    wsd = ["train.schedule=wsd", "train.decay_fraction=0.25", "train.sample_ledger=true", "train.checkpoint_every=100"]
-    pretrain(demo_world, root / "main", *wsd, "train.max_steps=3")
-    parent = root / "main" / "checkpoints" / "global_step3"
-    log = pretrain(demo_world, root / "branch", *wsd, "run_name=branch-64", "train.budget_samples=64",
-                   f"train.init_from={parent}").stdout
-    pretrain(demo_world, root / "main", *wsd)
-    return root, log
-
-
-def test_a_decay_branch_continues_its_parents_data_and_decays_to_its_budget(branches):
-    from launch.check_ledger import main as check_ledger
-
-    root, log = branches
-    assert "branching from the parent checkpoint" in log
-    main, branch = sample_ledger.read(root / "main"), sample_ledger.read(root / "branch")
-    assert sorted(branch) == [1, 2, 3, 4] and all(branch[s] == main[s] for s in branch)  # the samples main saw
-    assert check_ledger([str(root / "branch")]) == 0
-    main_lr, branch_lr = dict(scalars(root / "main", "train/lr")), dict(scalars(root / "branch", "train/lr"))
-    assert branch_lr[64] == pytest.approx(6e-4) and main_lr[64] == pytest.approx(6e-3)  # only the branch decays
-    assert main_lr[16] == pytest.approx(3e-3) and main_lr[128] == pytest.approx(6e-4)  # first update trains
-    [checkpoint] = complete_checkpoints(root / "branch")
-    meta = read_meta(checkpoint)
-    parent = root / "main" / "checkpoints" / "global_step3"
-    assert (meta.step, meta.num_samples, meta.total_steps, meta.schedule) == (4, 64, 4, "wsd")
-    assert (meta.budget_point, meta.parent, meta.branch_step) == (True, str(parent.resolve()), 3)
-    assert [(m.step, m.budget_point) for m in map(read_meta, complete_checkpoints(root / "main"))] == [
-        (0, False), (3, False), (8, True)]
