@@ -72,7 +72,9 @@ def _read_json(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------------- backends
 
 class LocalBackend:
-    """One job after another on this machine (torchrun on ``nproc`` ranks); the evals go in one call at the end."""
+    """One job after another on this machine (torchrun on ``nproc`` ranks). A run's legs are not started one by
+    one: its last unfinished leg trains straight through (its branch points are checkpoint steps), which saves a
+    start-up per leg (~15 s each on 2 cores); the evals go in one call at the end."""
 
     def __init__(self, nproc: int):
         self.nproc = nproc
@@ -82,9 +84,12 @@ class LocalBackend:
 
         failed: set[str] = set()
         pending_evals = []
-        for job in study.jobs:
+        for i, job in enumerate(study.jobs):
             if study.done(job):
                 continue
+            if job.kind == "train" and any(later.kind == "train" and later.run_dir == job.run_dir
+                                           for later in study.jobs[i + 1:]):
+                continue  # a later leg of the same run trains through this one
             if any(name in failed for name in job.after):
                 print(f"[study] skipping {job.name}: a job it needs failed", flush=True)
                 failed.add(job.name)
@@ -148,6 +153,7 @@ class SlurmBackend:
 
     def run(self, study: Study) -> int:
         ids: dict[str, str] = {}  # job name -> id of its queued or running Slurm job
+        submitted = False
         if not Path("slurm/launch.sh").is_file():
             raise ConfigError("run lmm-study from the repository root: the batch scripts run there (slurm/)")
         for job in study.jobs:
@@ -166,10 +172,11 @@ class SlurmBackend:
                 options, command = study.config.slurm.eval, ["slurm/eval.sh", *study.eval_args([job])]
             ids[job.name] = self.sbatch(study, job.name, options, command, after)
             study.record(job, ids[job.name])
+            submitted = True
             waits = f" after {','.join(after)}" if after else ""
             print(f"[study] submitted  {job.name} (job {ids[job.name]}{waits})", flush=True)
         evals = [ids[j.name] for j in study.jobs if j.kind == "eval" and j.name in ids]
-        if evals:
+        if evals and submitted:  # else the plot job of an earlier pass still waits for the queued evals
             plot = [self.python, "-m", "launch.study", "plot", study.path, *study.study_overrides,
                     *study.run_overrides]
             job_id = self.sbatch(study, "plot", study.config.slurm.plot,

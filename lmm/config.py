@@ -118,6 +118,7 @@ class TrainConfig:
     deepspeed_template: str = "configs/deepspeed/zero.json"
     checkpoint_every: int = 1000  # optimizer steps; a final checkpoint is always written
     checkpoint_at_start: bool = False  # a step-0 checkpoint, so the untrained model is on the curve
+    checkpoint_steps: list[int] = field(default_factory=list)  # more steps to checkpoint at (a study's branch points)
     log_every: int = 10
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this step; the LR schedule still spans the epoch
     max_requeues: int = 3  # a preempted/timed-out Slurm job requeues itself at most this many times

@@ -6,8 +6,9 @@ Per caption source and family (``<output_dir>/<source>/<run>``):
 - ``cosine``: one run per budget (a nested subset of ``data.num_samples = budget``, warmup per budget).
 - ``wsd``: a main run over the largest budget; for each smaller budget, a decay branch (``train.init_from``) from
   the main run's checkpoint at the branch's decay start, reading the main run's data order (``train.budget_samples``
-  = the budget). The main run trains in segments (``train.max_steps`` = each branch point) so every branch can
-  start as soon as its point exists; its own decay gives the largest budget.
+  = the budget). On a cluster the main run trains in legs (``train.max_steps`` = each branch point) so every
+  branch can start as soon as its point exists; its own decay gives the largest budget. The branch points are
+  also ``train.checkpoint_steps``, so one leg straight to the end (the local backend) leaves them too.
 - ``wsd-s``: one run that decays at every budget and returns to the peak LR after each (segments at the decay ends).
 
 Each budget point gets one eval-only job on its checkpoint. Doneness is read from the files (a run's complete
@@ -174,7 +175,9 @@ def _wsd_jobs(study: StudyConfig, source: str, family: str, base: list[str]) -> 
     for budget in study.budgets[:-1]:
         end = budget // batch
         points.append((budget, end - decay_steps(config, end)))
-    main = _run_jobs(study, source, family, largest, run, main_overrides, [], legs=[p for _, p in points])
+    branch_points = [p for _, p in points]
+    main_overrides.append(f"train.checkpoint_steps={branch_points}")  # a leg may run past them (local backend)
+    main = _run_jobs(study, source, family, largest, run, main_overrides, [], legs=branch_points)
     jobs = list(main)
     for (budget, point), leg in zip(points, main):
         parent = Path(config.output_dir) / "checkpoints" / f"global_step{point}"

@@ -50,8 +50,8 @@ def test_the_study_trains_legs_and_branches_then_evaluates_every_budget_point(st
     out, path, overrides, code, log = study
     assert code == 0
     started = [line.removeprefix("[study] ") for line in log.splitlines() if line.startswith("[study] train")]
-    assert started == ["train capsfusion/wsd-main to step 3", "train capsfusion/wsd-main to step 6",
-                       "train capsfusion/wsd-main", "train capsfusion/wsd-64", "train capsfusion/wsd-128"]
+    # the local backend trains the main run straight through (its branch points are checkpoint steps)
+    assert started == ["train capsfusion/wsd-main", "train capsfusion/wsd-64", "train capsfusion/wsd-128"]
     records = read_results(out / "results.jsonl")
     assert sorted((r["run_name"], r["step"], r["budget_point"], r["schedule"]) for r in records) == [
         ("tiny-capsfusion-wsd-128", 8, True, "wsd"), ("tiny-capsfusion-wsd-64", 4, True, "wsd"),

@@ -16,7 +16,8 @@ from pathlib import Path
 
 RESUMABLE = (  # dotted keys (a trailing "." covers a whole section)
     "output_dir",  # where the run was found: another spelling of the same directory
-    "train.max_steps", "train.checkpoint_every", "train.checkpoint_at_start", "train.log_every",
+    "train.max_steps", "train.checkpoint_every", "train.checkpoint_at_start", "train.checkpoint_steps",
+    "train.log_every",
     "train.max_requeues", "train.collective_timeout_s", "train.tf32", "train.micro_batch_size",
     "train.deepspeed_template", "train.sample_ledger",
     "data.num_workers", "data.max_skip_fraction",

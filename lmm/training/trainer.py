@@ -102,6 +102,7 @@ class Trainer:
         self.stopped_early = False  # a stop signal ended ``fit`` before the last step (after a checkpoint)
         self.lr = float("nan")  # the LR of the latest update (logged as train/lr)
         self.budget_steps = set(decay_ends(config))  # always checkpointed: the points of the scaling curves
+        self.save_steps = self.budget_steps | set(config.train.checkpoint_steps)
         self.lineage = branch_lineage(config)
 
     @property
@@ -179,7 +180,7 @@ class Trainer:
         if stopping and distributed.detect_env().is_main:
             print(f"[preemption] stop signal received: checkpointing after step {self.step}", file=sys.stderr,
                   flush=True)
-        if self.step % t.checkpoint_every == 0 or self.step == last or self.step in self.budget_steps or stopping:
+        if self.step % t.checkpoint_every == 0 or self.step == last or self.step in self.save_steps or stopping:
             self.save()
         self.stopped_early = stopping and self.step < last
 

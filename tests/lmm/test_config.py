@@ -100,7 +100,7 @@ NO_DATA = ["data.train_manifest="]  # demo.yaml's manifest may exist under the w
     ("train.max_steps=-5", "train.max_steps"),  # trained nothing, exit 0
     ("train.checkpoint_every=0", "train.checkpoint_every"),  # ZeroDivisionError later
     ("train.log_every=0", "train.log_every"),
-    ("train.warmup_steps=97", "train.warmup_steps"),  # demo: 6144 // 64 = 96 steps
+    ("train.warmup_steps=257", "train.warmup_steps"),  # demo: 8192 // 32 = 256 steps
     ("train.warmup_steps=5000", "train.warmup_steps"),
     ("data.max_skip_fraction=-1", "data.max_skip_fraction"),
     ("data.max_skip_fraction=1.5", "data.max_skip_fraction"),

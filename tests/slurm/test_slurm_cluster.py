@@ -289,3 +289,52 @@ def _environ(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def test_a_study_is_submitted_with_dependencies_once_and_ends_with_its_plot(cluster, demo_world, tmp_path,
+                                                                          monkeypatch):
+    """lmm-study on the real cluster: every job submitted once with afterok dependencies (a decay branch cannot
+    start before its parent's checkpoint exists, so success shows the order held), a re-run while they are queued
+    submits nothing, the plot job runs after the evals, and a re-run at the end finds everything done."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from launch.study import main as study_main
+
+    out = tmp_path / "study"
+    eval_flags = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "slurm-study", "config": str(REPO_ROOT / "configs/demo.yaml"), "output_dir": str(out),
+        "caption_sources": ["capsfusion"], "budgets": [64, 128], "schedules": ["wsd"], "decay_fraction": 0.25,
+        "overrides": ["train.checkpoint_at_start=false"],
+        "slurm": {"train": CPU_FLAGS, "eval": eval_flags, "plot": ["--ntasks=1", "--time=10"]}}))
+    overrides = [o for o in run_overrides(demo_world, out) if not o.startswith(("output_dir=", "data.num_samples="))]
+    overrides += [f"eval.dataset_json={demo_world / 'eval' / 'dataset_coco.json'}",
+                  f"eval.image_root={demo_world / 'eval'}"]
+    monkeypatch.chdir(REPO_ROOT)
+
+    def study(*args):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            assert study_main([*args, str(path), *overrides]) == 0
+        return log.getvalue()
+
+    first = study("run")
+    assert first.count("[study] submitted") == 6, first  # 3 training legs/branches, 2 evals, the plot
+    assert "train capsfusion/wsd-64 (job" in first and " after " in first
+    again = study("run")
+    assert "[study] submitted" not in again and again.count("[study] queued") == 5, again
+    ids = [entry["job_id"] for entry in json.loads((out / "study.json").read_text())["jobs"].values()]
+    for job in ids:
+        assert wait_for_end(job, timeout=420)[0] == "COMPLETED", job
+    deadline = time.monotonic() + 120  # the plot job runs after the last eval
+    while not (out / "scaling.png").is_file() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert (out / "scaling.png").is_file(), sorted(p.name for p in (out / "logs").iterdir())
+    final = study("run")
+    assert final.count("[study] done") == 5 and "[study] submitted" not in final
+    status = study("status")
+    assert "eval capsfusion/wsd-64 step 4" in status and "done" in status
