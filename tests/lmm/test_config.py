@@ -133,8 +133,8 @@ def test_out_of_range_values_name_the_key(override, key):
 
 def test_warmup_message_gives_both_numbers():
     with pytest.raises(ConfigError, match=r"'train\.warmup_steps': 500 warmup steps, but the run has only 12 "):
-        load_config(REPO_ROOT / "configs/demo.yaml", [*NO_DATA, "data.num_samples=768", "train.warmup_steps=500"])
-    config = load_config(REPO_ROOT / "configs/demo.yaml", [*NO_DATA, "data.num_samples=768", "train.warmup_steps=11",
+        load_config(REPO_ROOT / "configs/demo.yaml", [*NO_DATA, "data.num_samples=384", "train.warmup_steps=500"])
+    config = load_config(REPO_ROOT / "configs/demo.yaml", [*NO_DATA, "data.num_samples=384", "train.warmup_steps=11",
                                                            "train.max_steps=3", "train.grad_clip=0"])
     assert total_steps(config) == 12 and stop_step(config) == 3  # max_steps does not shorten the schedule
 
