@@ -2,7 +2,8 @@
 branches, side by side in one run, on the toy world.
 
     PYTHONPATH=. python benchmarks/study_compute.py [--out /tmp/study_compute] [--schedules cosine,wsd[,wsd-s]]
-                                                    [--sources capsfusion|all|a,b] [--nproc 2] [key=value ...]
+                                                    [--sources capsfusion|all|a,b] [--nproc 2] [--seed-check 1]
+                                                    [key=value ...]
 
 Generates the toy world once (as ``launch.demo`` does: ``DemoWorldSpec(num_train=<largest budget>)``, 500 eval
 images by default) under ``--out``, then runs ``configs/study_demo.yaml`` through ``lmm-study run --backend local``
@@ -129,6 +130,26 @@ def report(study_obj, wall_s: float) -> bool:
     return complete
 
 
+def seed_report(first, replicate, seed: int) -> None:
+    """Cosine at seed 0 against the same recipe at another seed (model init and data order): does the bootstrap
+    interval of one trained model hold a replicate of the same run?"""
+    from lmm.study import eval_record
+
+    def cosine(study_obj, source, budget):
+        job = next(j for j in study_obj.jobs if j.kind == "eval" and j.source == source and j.family == "cosine"
+                   and j.budget == budget)
+        return _cell(eval_record(study_obj.config, job, study_obj.benchmarks[job.name][0]))
+
+    for source in first.config.caption_sources:
+        print(f"\nrun-to-run check, cosine at seed 0 vs seed {seed} (init and data order), caption source {source}:")
+        rows = [("budget", "cosine seed 0", f"cosine seed {seed}", f"seed {seed} in seed-0 CI")]
+        for budget in first.config.budgets:
+            (text0, _, ci0), (text1, value1, _) = cosine(first, source, budget), cosine(replicate, source, budget)
+            inside = "n/a" if ci0 is None or value1 is None else ("yes" if ci0[0] <= value1 <= ci0[1] else "no")
+            rows.append((f"{budget:,}", text0, text1, inside))
+        _table(rows, right=(0,))
+
+
 def _table(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -150,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "study file's)")
     parser.add_argument("--nproc", type=int, default=2, help="ranks per run (torchrun)")
     parser.add_argument("--num-eval", type=int, default=DemoWorldSpec.num_eval, help="toy world eval images")
+    parser.add_argument("--seed-check", type=int, metavar="SEED",
+                        help="also run the cosine family at this seed (init and data order) and show whether it lies "
+                             "inside the seed-0 intervals: the run-to-run noise the bootstrap leaves out")
     parser.add_argument("overrides", nargs="*", help="key=value overrides passed to lmm-study (study or run keys)")
     args = parser.parse_intermixed_args(argv)  # options may follow the overrides
     schedules = _list(args.schedules)
@@ -174,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     if code == 2:
         return 2
     complete = report(lmm_study.Study(args.study, overrides), time.time() - start)
+    if args.seed_check is not None:
+        replicate = [o for o in overrides if not o.startswith(("output_dir=", "schedules="))]
+        replicate += ["schedules=[cosine]", f"output_dir={out / f'seed{args.seed_check}'}",
+                      f"seed={args.seed_check}", f"data.seed={args.seed_check}"]
+        code |= lmm_study.main(["run", args.study, "--backend", "local", "--nproc", str(args.nproc), *replicate])
+        seed_report(lmm_study.Study(args.study, overrides), lmm_study.Study(args.study, replicate), args.seed_check)
     return 1 if code or not complete else 0
 
 
