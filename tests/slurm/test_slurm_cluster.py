@@ -304,13 +304,14 @@ def test_a_study_is_submitted_with_dependencies_once_and_ends_with_its_plot(clus
     from launch.study import main as study_main
 
     out = tmp_path / "study"
-    eval_flags = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
+    # one node per job: the main run's last leg and the branch (and the two evals) run side by side
+    one_node = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({
         "name": "slurm-study", "config": str(REPO_ROOT / "configs/demo.yaml"), "output_dir": str(out),
         "caption_sources": ["capsfusion"], "budgets": [64, 128], "schedules": ["wsd"], "decay_fraction": 0.25,
         "overrides": ["train.checkpoint_at_start=false"],
-        "slurm": {"train": CPU_FLAGS, "eval": eval_flags, "plot": ["--ntasks=1", "--time=10"]}}))
+        "slurm": {"train": one_node, "eval": one_node, "plot": ["--ntasks=1", "--time=10"]}}))
     overrides = [o for o in run_overrides(demo_world, out) if not o.startswith(("output_dir=", "data.num_samples="))]
     overrides += [f"eval.dataset_json={demo_world / 'eval' / 'dataset_coco.json'}",
                   f"eval.image_root={demo_world / 'eval'}"]
