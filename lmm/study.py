@@ -26,6 +26,13 @@ from lmm.config import (ConfigError, ExperimentConfig, apply_overrides, build_da
                         load_config, read_yaml, total_steps)
 
 FAMILIES = ("cosine", "wsd", "wsd-s")
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where the run's step-``step`` checkpoint is (``lmm.training.checkpoint``'s layout)."""
+    from lmm.training.checkpoint import checkpoint_root, tag_for
+
+    return checkpoint_root(run_dir) / tag_for(step)
 RESULTS_FILE = "results.jsonl"
 
 
@@ -74,7 +81,7 @@ class Job:
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / f"global_step{self.stop_step}"
+        return checkpoint_path(self.run_dir, self.stop_step)
 
 
 def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
@@ -180,7 +187,7 @@ def _wsd_jobs(study: StudyConfig, source: str, family: str, base: list[str]) -> 
     main = _run_jobs(study, source, family, largest, run, main_overrides, [], legs=branch_points)
     jobs = list(main)
     for (budget, point), leg in zip(points, main):
-        parent = Path(config.output_dir) / "checkpoints" / f"global_step{point}"
+        parent = checkpoint_path(config.output_dir, point)
         jobs += _run_jobs(study, source, family, budget, f"wsd-{_label(budget)}",
                           [*main_overrides, f"train.budget_samples={budget}", f"train.init_from={parent}"],
                           [leg.name])
