@@ -140,3 +140,29 @@ def test_guard_accepts_another_spelling_of_the_same_files(tmp_path, monkeypatch)
     assert resume_guard.check(saved, moved, tmp_path, 1) == {}
     with pytest.raises(resume_guard.RunChangedError, match="model.tokenizer.path"):
         resume_guard.check(saved, demo_config("output_dir=run", "model.tokenizer.path=other.model"), tmp_path, 1)
+
+
+def test_a_branch_is_refused_a_missing_parent_or_other_data(tmp_path):
+    """``train.init_from`` must name a complete checkpoint, before the branch's end, of a run whose config differs
+    only where a branch may (name, budget, decay): anything else would splice two experiments."""
+    from lmm.config import ConfigError, load_config
+    from lmm.training.trainer import parent_checkpoint
+
+    def branch(init_from, *extra):
+        return load_config(REPO_ROOT / "configs/demo.yaml", ["data.train_manifest=", "train.schedule=wsd",
+                                                             f"train.init_from={init_from}", *extra])
+
+    with pytest.raises(ConfigError, match="no meta.json"):
+        parent_checkpoint(branch(tmp_path / "missing" / "checkpoints" / "global_step3"))
+    run = tmp_path / "main"
+    parent = fake_checkpoint(run, 100, ["mp_rank_00_model_states.pt"])
+    meta = json.loads((parent / META_FILE).read_text())
+    (parent / META_FILE).write_text(json.dumps({**meta, "run_name": "main", "caption_source": "capsfusion",
+                                                "num_samples": 8192, "samples_seen": 3200, "zero_stage": 2,
+                                                "config_digest": "x"}))
+    (run / "config.json").write_text(json.dumps(demo_config("train.schedule=wsd")))
+    with pytest.raises(ConfigError, match="is at step 100, not before the branch's last step 64"):
+        parent_checkpoint(branch(parent, "train.budget_samples=2048"))
+    with pytest.raises(resume_guard.RunChangedError, match="data.seed: 0 \\(parent\\) -> 1 \\(branch\\)"):
+        parent_checkpoint(branch(parent, "train.budget_samples=4096", "data.seed=1"))
+    assert parent_checkpoint(branch(parent, "train.budget_samples=4096", "run_name=b")) == parent
