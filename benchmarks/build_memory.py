@@ -430,7 +430,7 @@ def measure_train(spec: Spec) -> dict:
     import torch
 
     from lmm.models.lmm import build_lmm, precision_dtype
-    from lmm.tokenizer import CaptionTokenizer
+    from data_pipeline.tokenizer import CaptionTokenizer
 
     config = run_config(spec)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
@@ -464,9 +464,9 @@ def make_checkpoint(spec: Spec) -> dict:
     import torch
 
     from lmm import distributed
-    from lmm.files import write_json_atomic
+    from data_pipeline.files import write_json_atomic
     from lmm.models.lmm import build_lmm, precision_dtype
-    from lmm.tokenizer import CaptionTokenizer
+    from data_pipeline.tokenizer import CaptionTokenizer
     from lmm.training import checkpoint, frozen_weights
     from lmm.training.checkpoint import RUN_CONFIG_FILE
     from lmm.training.metrics import MetricsLogger

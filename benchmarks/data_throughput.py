@@ -112,7 +112,7 @@ def run_ours(shards: list, tokenizer, workers: int, batch: int, buffer: int, nor
     from data_pipeline.captions import CaptionSelector
     from data_pipeline.loader import CaptionStream, TrainLoader, build_train_loader
     from data_pipeline.manifest import subset, total_samples
-    from lmm.sequence import SequenceLayout
+    from data_pipeline.sequence import SequenceLayout
     total = total_samples(shards)
     stream = CaptionStream(subset(shards, total), CaptionSelector("capsfusion"), eva_transform(),
                            SequenceLayout(tokenizer, 32, 64), 0, 1, batch, shuffle_buffer=buffer)
@@ -131,7 +131,7 @@ def run_webdataset(shards: list, tokenizer, workers: int, batch: int, buffer: in
     """open_clip's ``get_wds_dataset`` (non-resampled branch), with our transform and tokenizer."""
     import torch
     import webdataset as wds
-    from lmm.sequence import SequenceLayout
+    from data_pipeline.sequence import SequenceLayout
     layout = SequenceLayout(tokenizer, 32, 64)
     transform = eva_transform()
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from data_pipeline.loader import caption_corpus
     from data_pipeline.manifest import load_manifest
-    from lmm.tokenizer import CaptionTokenizer, train_tokenizer
+    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.dir or Path(tmp)

@@ -42,8 +42,8 @@ def run_rank(args) -> None:
     from lmm import distributed
     from lmm.config import load_config
     from lmm.models.lmm import build_lmm
-    from lmm.sequence import SequenceLayout
-    from lmm.tokenizer import CaptionTokenizer, train_tokenizer
+    from data_pipeline.sequence import SequenceLayout
+    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
     from lmm.training.metrics import MetricsLogger
     from lmm.training.trainer import Trainer, build_engine
 

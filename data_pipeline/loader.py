@@ -8,11 +8,11 @@ decoded. The stream repeats epochs forever; the trainer takes exactly the batche
 
 **Position.** Every example carries its worker's position after it: ``(epoch, window, emitted, seen,
 skipped)`` plus the shard and in-shard offset where the window starts. The collator puts the newest one on the
-batch, the trainer keeps the newest per worker (``data_pipeline.progress``) and saves them in each checkpoint.
+batch, the trainer keeps the newest per worker (``lmm.training.loader_state``) and saves them in each checkpoint.
 A resumed worker plans the same epoch, opens the window's shard at its offset (tar headers only), re-reads that
 one window's raw bytes and drops the ``emitted`` samples it already served, undecoded.
 A resume on another number of ranks or workers first reads its ``carry``: ranges of the old layout's emissions
-that ``data_pipeline.progress.reshard`` dealt it (the position counts them in ``carry``), then the next epochs.
+that ``lmm.training.loader_state.reshard`` dealt it (the position counts them in ``carry``), then the next epochs.
 
 **Pixels.** The tower's open_clip transform is split at its ToTensor: workers run the PIL part (resize, crop)
 and ship uint8 images (4x less inter-process traffic than floats); ``TrainLoader`` moves each batch to the
@@ -42,7 +42,7 @@ from data_pipeline.captions import CaptionSelector
 from data_pipeline.manifest import EpochPlan, Piece, ShardEntry
 from data_pipeline.shard_format import BadSample, image_member, rgb_image, sample_fields
 from data_pipeline.shard_reader import LOST, read_piece, read_pieces
-from lmm.sequence import SequenceLayout
+from data_pipeline.sequence import SequenceLayout
 
 
 def fresh_position(epoch: int = 0) -> dict:
@@ -215,7 +215,7 @@ class CaptionStream(IterableDataset):
 
     def _carried(self, items: list[list[int]], done: int) -> Iterator[tuple[int, dict]]:
         """(epoch, raw sample) of the carry-over ``items`` after the first ``done``: ranges of another slot
-        layout's emissions (``[slots, epoch, slot, begin, end]``, see ``data_pipeline.progress.reshard``)."""
+        layout's emissions (``[slots, epoch, slot, begin, end]``, see ``lmm.training.loader_state.reshard``)."""
         for slots, epoch, slot, begin, end in items:
             if done >= end - begin:
                 done -= end - begin

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lmm.files import write_json_atomic
+from data_pipeline.files import write_json_atomic
 
 MANIFEST_FILE = "manifest.json"
 

@@ -46,7 +46,7 @@ from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
 from data_pipeline.shard_format import (BadSample, encode_sample, image_member, is_high_bit_depth, rgb_image,
                                         sample_fields)
 from data_pipeline.shard_reader import LOST, read_pieces, scan_shard
-from lmm.files import write_json_atomic
+from data_pipeline.files import write_json_atomic
 
 PRESETS = {
     # The CapsFusion-120M release: image_url, laion_2b (raw alt-text), laion_coco (BLIP), capsfusion (fused).

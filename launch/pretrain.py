@@ -57,11 +57,11 @@ def run(config) -> int:
 def exit_through_launcher(code: int, message: str, every_rank: bool = True) -> int:
     """``code``, or 0 after writing ``"<code> <message>"`` to ``LMM_STOP_MARKER`` (under slurm/launch.sh). Ranks that
     all reach the same verdict each write it (atomically, same content); otherwise only rank 0 does."""
-    from lmm import distributed
-
     marker = os.environ.get(STOP_MARKER_ENV)
     if not marker:
         return code
+    from lmm import distributed  # here, not above: a config error must not wait for torch's import
+
     if every_rank or distributed.detect_env().is_main:
         path = Path(marker)
         path.parent.mkdir(parents=True, exist_ok=True)

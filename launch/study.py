@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lmm.config import ConfigError, check_world_size
-from lmm.files import write_json_atomic
+from data_pipeline.files import write_json_atomic
 from lmm.study import (Job, StudyConfig, benchmark_names, eval_record, is_done, load_study, newest_step, plan_jobs,
                        run_config)
 

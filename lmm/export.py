@@ -25,12 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmm.config import config_from_dict
-from lmm.files import write_json_atomic
+from data_pipeline.files import write_json_atomic
 from lmm.models.lmm import LMM, build_lmm, precision_dtype
 from lmm.models.marker_rows import merge_marker_rows
 from lmm.models.weights import check_tensor_shapes, state_shapes
 from lmm.safe_loading import safe_loading
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.tokenizer import CaptionTokenizer
 
 EXPORT_MARKER = "lmm_export.json"
 EXPORT_FORMAT = "lmm-export/1"

@@ -59,7 +59,7 @@ def demo_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(demo_world, tmp_path_factory):
     from data_pipeline.demo_world import caption_corpus
-    from lmm.tokenizer import CaptionTokenizer, train_tokenizer
+    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
 
     path = train_tokenizer(caption_corpus(demo_world), tmp_path_factory.mktemp("tok") / "sp.model", 300)
     return CaptionTokenizer(path)

@@ -17,8 +17,8 @@ from lmm.config import EvalConfig
 from lmm.eval.benchmarks import EvalImage
 from lmm.models.lmm import LMM, GenerationSettings
 from lmm.models.vision import image_preprocess
-from lmm.sequence import SequenceLayout
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.sequence import SequenceLayout
+from data_pipeline.tokenizer import CaptionTokenizer
 
 POSTPROCESS = "first sentence, final period stripped, lowercase"
 

@@ -21,7 +21,7 @@ from lmm.config import config_from_dict
 from lmm.export import EXPORT_MARKER, load_exported
 from lmm.models.lmm import LMM, build_lmm
 from lmm.safe_loading import safe_loading
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE, CheckpointMeta, read_meta
 

@@ -11,7 +11,7 @@ from lmm.models.bridge import CausalBridge
 from lmm.models.llm import build_llm
 from lmm.models.marker_rows import marker_row_parameters
 from lmm.models.vision import VisionTower, build_vision_tower
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.tokenizer import CaptionTokenizer
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmm import distributed
-from lmm.files import write_json_atomic
+from data_pipeline.files import write_json_atomic
 from lmm.training import elastic, frozen_weights
 
 META_FILE = "meta.json"

@@ -7,7 +7,7 @@ engine configured with ``checkpoint.load_universal`` re-partitions them for any 
 checkpoint being resumed once, into ``checkpoints/universal/<tag>`` (written under a temporary name, then renamed,
 so a killed conversion is redone), and every rank loads that. The trainer's own state (step, loader positions)
 travels in the client state, which the conversion copies; the data side is re-dealt by
-``data_pipeline.progress.reshard``.
+``lmm.training.loader_state.reshard``.
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def _digest(file: Path) -> str:
 
 
 def write(checkpoint: Path, record: dict) -> None:
-    from lmm.files import write_json_atomic
+    from data_pipeline.files import write_json_atomic
     write_json_atomic(checkpoint / FROZEN_WEIGHTS_FILE, record)
 
 

@@ -16,16 +16,16 @@ import torch
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
 from data_pipeline.manifest import load_manifest, subset
-from data_pipeline.progress import LoaderProgress, carry_for_rank, positions_for_rank, reshard
+from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from lmm import distributed
 from lmm.config import (ConfigError, ExperimentConfig, budget_samples, check_world_size, decay_ends, stop_step,
                         total_steps)
-from lmm.files import write_json_atomic
+from data_pipeline.files import write_json_atomic
 from lmm.models.llm import pretrained_tokenizer_file
 from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
-from lmm.sequence import IGNORE_INDEX, SequenceLayout
-from lmm.tokenizer import CaptionTokenizer, train_tokenizer
+from data_pipeline.sequence import IGNORE_INDEX, SequenceLayout
+from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
 from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger, schedule
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config

@@ -9,9 +9,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, DataStopped, build_train_loader
 from data_pipeline.manifest import Piece, load_manifest, subset, write_manifest
-from data_pipeline.progress import LoaderProgress
+from lmm.training.loader_state import LoaderProgress
 from data_pipeline.shard_reader import LOST, read_piece, read_pieces
-from lmm.sequence import SequenceLayout
+from data_pipeline.sequence import SequenceLayout
 from lmm.training.metrics import MetricsLogger
 from shard_factory import captions, jpeg, to_tensor, write_shards
 

@@ -9,8 +9,8 @@ import torch
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
 from data_pipeline.manifest import load_manifest, subset
-from data_pipeline.progress import LoaderProgress, carry_for_rank, positions_for_rank, reshard
-from lmm.sequence import SequenceLayout
+from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
+from data_pipeline.sequence import SequenceLayout
 from shard_factory import to_tensor, write_shards
 
 

@@ -22,7 +22,7 @@ from data_pipeline.prepare import PRESETS, _mapped_fields
 from data_pipeline.prepare import main as prepare
 from data_pipeline.shard_format import rgb_image
 from data_pipeline.shard_reader import scan_shard
-from lmm.sequence import SequenceLayout
+from data_pipeline.sequence import SequenceLayout
 from shard_factory import jpeg, png16, to_tensor
 
 

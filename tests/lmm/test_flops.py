@@ -9,7 +9,7 @@ from lmm.flops import forward_flops, pass_multipliers, training_flops, training_
     training_matmul_flops
 from lmm.models.lmm import build_lmm
 from lmm.planning import build_meta_model, model_shape
-from lmm.sequence import SequenceLayout
+from data_pipeline.sequence import SequenceLayout
 
 MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.convolution", "aten.convolution_backward"}
 

@@ -6,7 +6,7 @@ from torch import nn
 from conftest import REPO_ROOT, frozen_pretrained_overrides
 from lmm.config import load_config
 from lmm.models.lmm import build_lmm
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training.optimizer_groups import no_decay_names, parameter_groups
 
 TINY = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",

@@ -13,7 +13,7 @@ from lmm.config import ConfigError, load_config
 from lmm.models.lmm import build_lmm
 from lmm.planning import GIB, PlanError, checkpoint_bytes, activation_bytes, build_meta_model, make_plan, model_shape, \
     model_state_bytes
-from lmm.sequence import SequenceLayout
+from data_pipeline.sequence import SequenceLayout
 
 LLAMA2_7B_PARAMS = 6_738_415_616  # Llama-2-7b-hf, vocabulary 32000
 EVA01_G_VISUAL_PARAMS = 1_012_588_928  # open_clip EVA01-g-14 visual: 40 x 1408-wide blocks, patch 14, 224 px

@@ -13,7 +13,7 @@ from lmm.config import VisionConfig, load_config
 from lmm.models.lmm import build_lmm
 from lmm.models.vision import VisionTower, build_vision_tower
 from lmm.models.weights import WeightsMismatchError
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training.trainer import with_tokenizer_path
 
 BRIDGE = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2"]

@@ -27,8 +27,8 @@ from lmm.models.bridge import CausalBridge
 from lmm.models.lmm import LMM, GenerationSettings
 from lmm.models.vision import VisionTower
 from lmm.planning import checkpoint_bytes
-from lmm.sequence import SequenceLayout
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.sequence import SequenceLayout
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import complete_checkpoints
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lmm.tokenizer import CaptionTokenizer
+from data_pipeline.tokenizer import CaptionTokenizer
 
 IGNORE_INDEX = -100
 
