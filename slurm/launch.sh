@@ -11,14 +11,15 @@
 # Exit code: srun's, except 75 when the run stopped after a checkpoint without requeueing (train.max_requeues
 # reached) and 2 for a config error: the ranks then exit 0 and leave the code in LMM_STOP_MARKER, since a rank
 # exiting non-zero first would get its siblings killed and the step would report their SIGTERM instead.
-# Environment: LMM_PYTHON (interpreter; default: the checkout's .venv when present, else `python`), MASTER_PORT
-# (to override the derived port).
+# The job runs in the checkout this file is in (relative paths in ARGS are relative to it), whatever the submit
+# directory. Environment: LMM_PYTHON (interpreter; default: the checkout's .venv when present, else `python`),
+# MASTER_PORT (to override the derived port).
 set -euo pipefail
 
 entry=${1:?usage: slurm/launch.sh pretrain|evaluate ARGS...}
 shift
 : "${SLURM_JOB_ID:?slurm/launch.sh runs inside a Slurm allocation (sbatch slurm/pretrain_10m.sh)}"
-cd "${SLURM_SUBMIT_DIR:-.}"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [[ -n ${LMM_PYTHON:-} ]]; then PYTHON=$LMM_PYTHON
 elif [[ -x .venv/bin/python ]]; then PYTHON=$PWD/.venv/bin/python
@@ -40,7 +41,7 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed NCCL collective aborts inst
 
 echo "[launch] job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_NTASKS} tasks, master ${MASTER_ADDR}:${MASTER_PORT}, launch.${entry} $*"
-export LMM_STOP_MARKER="${SLURM_SUBMIT_DIR:-$PWD}/slurm/logs/.stopped-${SLURM_JOB_ID}"
+export LMM_STOP_MARKER="$PWD/slurm/logs/.stopped-${SLURM_JOB_ID}"
 rm -f "$LMM_STOP_MARKER"
 status=0
 srun --kill-on-bad-exit=1 --cpu-bind=none "$PYTHON" -m "launch.${entry}" "$@" || status=$?
