@@ -5,7 +5,10 @@
     python -m launch.submit --executor local --tasks-per-node 2 --config configs/demo.yaml
 
 The config (and the batch arithmetic for the requested world size) is checked before anything is submitted:
-a bad config exits 2 and nothing reaches the cluster. Preemption and time limits are handled by submitit's
+a bad config exits 2 and nothing reaches the cluster. So is the request against the nodes ``sinfo`` reports
+(``check_resources``): a job no node could ever run (too many nodes, tasks x CPUs, GPUs or memory per node, an
+unknown partition) would pend forever, so it exits 2 instead. ``--cpus-per-task`` defaults to 8, or fewer when the
+partition's smallest node has fewer CPUs per task. Preemption and time limits are handled by submitit's
 checkpoint-and-requeue, chained after the trainer's own checkpoint (see ``lmm.training.preemption``).
 From Python: ``submit_pretrain(config_path, overrides, SubmitOptions(nodes=4))`` returns the submitit job.
 """
@@ -13,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import submitit
@@ -32,7 +39,7 @@ class SubmitOptions:
     nodes: int = 1
     gpus_per_node: int = 8
     tasks_per_node: int | None = None  # default: one per GPU (1 when gpus_per_node is 0)
-    cpus_per_task: int = 8
+    cpus_per_task: int | None = None  # default: 8, or what the partition's smallest node has per task
     time_min: int = 24 * 60
     partition: str | None = None
     max_num_timeout: int = 3  # submitit's requeue budget for timeouts/preemptions
@@ -40,6 +47,7 @@ class SubmitOptions:
     python: str | None = None  # interpreter on the nodes (default: this one)
     gpu_mem_gb: float | None = None  # when set, the memory planner must find a plan that fits (lmm-plan)
     slurm_args: dict = field(default_factory=dict)  # extra sbatch options, e.g. {"qos": "high"}
+    mem_gb: float | None = None  # memory per node (sbatch --mem); default: the partition's
 
     @property
     def ntasks_per_node(self) -> int:
@@ -48,6 +56,79 @@ class SubmitOptions:
     @property
     def world_size(self) -> int:
         return self.nodes * self.ntasks_per_node
+
+
+DEFAULT_CPUS_PER_TASK = 8
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node as ``sinfo`` reports it."""
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+    partitions: tuple[str, ...]  # as sinfo prints them: the default one ends with "*"
+
+
+SINFO_FORMAT = "%N|%c|%m|%G|%P"  # one line per node and partition
+
+
+def parse_sinfo(text: str) -> list[Node]:
+    """Nodes from ``sinfo -h -N -o SINFO_FORMAT`` output; a node in several partitions is listed once."""
+    nodes: dict[str, Node] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, cpus, mem, gres, partition = line.strip().split("|")
+        gpus = sum(int(n) for n in re.findall(r"gpu(?::[^:(),]+)?:(\d+)", gres))  # gpu:8, gpu:a100:8(S:0-1)
+        node = nodes.get(name) or Node(name, int(cpus), int(mem.rstrip("+") or 0), gpus, ())
+        nodes[name] = replace(node, partitions=(*node.partitions, partition))
+    return list(nodes.values())
+
+
+def cluster_nodes() -> list[Node] | None:
+    """The cluster's nodes, or None when there is no ``sinfo`` (or it fails): then nothing is checked."""
+    if not shutil.which("sinfo"):
+        return None
+    result = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=60)
+    return parse_sinfo(result.stdout) if result.returncode == 0 else None
+
+
+def partition_nodes(nodes: list[Node], partition: str | None) -> list[Node]:
+    """The nodes a job submitted to ``partition`` (None: the default one) can land on."""
+    if partition is None:  # the default partition's nodes, or all when none is marked
+        return [n for n in nodes if any(p.endswith("*") for p in n.partitions)] or nodes
+    found = [n for n in nodes if partition in (p.rstrip("*") for p in n.partitions)]
+    if not found:
+        known = sorted({p.rstrip("*") for n in nodes for p in n.partitions})
+        raise ConfigError(f"no partition {partition!r} on this cluster (sinfo lists: {', '.join(known)})")
+    return found
+
+
+def fitting_cpus_per_task(options: SubmitOptions, nodes: list[Node]) -> int:
+    """``DEFAULT_CPUS_PER_TASK``, or fewer if the partition's smallest node cannot give that to every task."""
+    if not nodes:
+        return DEFAULT_CPUS_PER_TASK
+    smallest = min(n.cpus for n in partition_nodes(nodes, options.partition))
+    return max(1, min(DEFAULT_CPUS_PER_TASK, smallest // options.ntasks_per_node))
+
+
+def check_resources(options: SubmitOptions, nodes: list[Node]) -> None:
+    """Raise ConfigError when fewer than ``options.nodes`` nodes of the partition could ever run one node's share
+    of the job (tasks x CPUs, GPUs, memory); node states are not considered, only what the nodes have."""
+    candidates = partition_nodes(nodes, options.partition)
+    cpus, mem_mb = options.ntasks_per_node * options.cpus_per_task, round((options.mem_gb or 0) * 1024)
+    fitting = [n for n in candidates if n.cpus >= cpus and n.gpus >= options.gpus_per_node and n.mem_mb >= mem_mb]
+    if len(fitting) >= options.nodes:
+        return
+    asked = (f"{options.ntasks_per_node} tasks x {options.cpus_per_task} CPUs, {options.gpus_per_node} GPUs"
+             + (f", {mem_mb} MB" if mem_mb else ""))
+    shapes = Counter(f"{n.cpus} CPUs, {n.gpus} GPUs, {n.mem_mb} MB" for n in candidates)
+    where = f"partition {options.partition!r}" if options.partition else "the default partition"
+    raise ConfigError(f"the job would pend forever: it asks {options.nodes} node(s) with {asked} each, but "
+                      f"{where} has " + "; ".join(f"{k} node(s) with {shape}" for shape, k in shapes.items())
+                      + "; change --nodes, --tasks-per-node, --cpus-per-task, --gpus-per-node, --mem-gb or --partition")
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
@@ -87,7 +168,7 @@ def make_executor(options: SubmitOptions, job_name: str) -> submitit.Executor:
     executor = submitit.AutoExecutor(folder=options.folder, cluster=options.executor,
                                      slurm_python=options.python, slurm_max_num_timeout=options.max_num_timeout)
     params = dict(name=job_name, nodes=options.nodes, tasks_per_node=options.ntasks_per_node,
-                  cpus_per_task=options.cpus_per_task, timeout_min=options.time_min)
+                  cpus_per_task=options.cpus_per_task, timeout_min=options.time_min, mem_gb=options.mem_gb)
     if options.executor == "slurm":
         params.update(slurm_partition=options.partition, slurm_signal_delay_s=300,
                       slurm_additional_parameters={"requeue": True, **options.slurm_args})
@@ -97,9 +178,20 @@ def make_executor(options: SubmitOptions, job_name: str) -> submitit.Executor:
     return executor
 
 
+def fit_to_cluster(options: SubmitOptions) -> SubmitOptions:
+    """``options`` with ``cpus_per_task`` filled in, checked against the Slurm cluster's nodes where there is one."""
+    nodes = cluster_nodes() if options.executor == "slurm" else None
+    if options.cpus_per_task is None:
+        options = replace(options, cpus_per_task=fitting_cpus_per_task(options, nodes or []))
+    if nodes:
+        check_resources(options, nodes)
+    return options
+
+
 def submit_pretrain(config_path: str, overrides: list[str], options: SubmitOptions) -> submitit.Job:
-    """Validate, then submit; raises ConfigError (nothing submitted) on a bad config."""
+    """Validate, then submit; raises ConfigError (nothing submitted) on a bad config or a job no node can run."""
     config = check_submission(config_path, overrides, options)
+    options = fit_to_cluster(options)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     return make_executor(options, config.run_name).submit(PretrainJob(config_path, overrides))
 
@@ -111,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--tasks-per-node", type=int, default=None, help="default: one per GPU")
-    parser.add_argument("--cpus-per-task", type=int, default=8)
+    parser.add_argument("--cpus-per-task", type=int, default=None,
+                        help=f"default: {DEFAULT_CPUS_PER_TASK}, or fewer to fit the partition's smallest node")
+    parser.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
     parser.add_argument("--time-min", type=int, default=24 * 60)
     parser.add_argument("--partition", default=None)
     parser.add_argument("--max-requeues", type=int, default=3, help="submitit's timeout/preemption budget")
@@ -124,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = SubmitOptions(args.executor, args.nodes, args.gpus_per_node, args.tasks_per_node, args.cpus_per_task,
                             args.time_min, args.partition, args.max_requeues, args.folder, args.python,
-                            args.gpu_mem_gb)
+                            args.gpu_mem_gb, mem_gb=args.mem_gb)
     try:
         job = submit_pretrain(args.config, args.overrides, options)
     except ConfigError as err:
