@@ -429,8 +429,8 @@ def measure_bare(files: list[str], fresh: bool = False) -> dict:
 def measure_train(spec: Spec) -> dict:
     import torch
 
-    from lmm.models.lmm import build_lmm, precision_dtype
     from data_pipeline.tokenizer import CaptionTokenizer
+    from lmm.models.lmm import build_lmm, precision_dtype
 
     config = run_config(spec)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
@@ -463,10 +463,10 @@ def make_checkpoint(spec: Spec) -> dict:
     whose gradients come from a synthetic loss on the trainable parameters (see the module docstring)."""
     import torch
 
-    from lmm import distributed
     from data_pipeline.files import write_json_atomic
-    from lmm.models.lmm import build_lmm, precision_dtype
     from data_pipeline.tokenizer import CaptionTokenizer
+    from lmm import distributed
+    from lmm.models.lmm import build_lmm, precision_dtype
     from lmm.training import checkpoint, frozen_weights
     from lmm.training.checkpoint import RUN_CONFIG_FILE
     from lmm.training.metrics import MetricsLogger

@@ -131,6 +131,7 @@ def run_webdataset(shards: list, tokenizer, workers: int, batch: int, buffer: in
     """open_clip's ``get_wds_dataset`` (non-resampled branch), with our transform and tokenizer."""
     import torch
     import webdataset as wds
+
     from data_pipeline.sequence import SequenceLayout
     layout = SequenceLayout(tokenizer, 32, 64)
     transform = eva_transform()
@@ -205,9 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, help="reuse / keep shards here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
-    from data_pipeline.loader import caption_corpus
     from data_pipeline.manifest import load_manifest
-    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
+    from data_pipeline.tokenizer import CaptionTokenizer, caption_corpus, train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.dir or Path(tmp)

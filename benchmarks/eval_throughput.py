@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
 from lmm.config import load_config
 from lmm.models.lmm import LMM, GenerationSettings, build_lmm
-from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
 
 WORDS = ("a man woman dog cat child riding holding sitting standing on in at near with the red blue old small large "
          "street beach table kitchen horse bike skateboard pizza umbrella train bus park field two three people "

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lmm.config import load_config  # noqa: E402
 from data_pipeline.sequence import IGNORE_INDEX, SequenceLayout  # noqa: E402
 from data_pipeline.tokenizer import IMAGE_MARKERS  # noqa: E402
+from lmm.config import load_config  # noqa: E402
 
 
 @dataclass

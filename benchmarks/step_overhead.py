@@ -39,11 +39,11 @@ def run_rank(args) -> None:
 
     from data_pipeline.demo_world import capsfusion_caption, sample_item
     from data_pipeline.loader import fresh_position
+    from data_pipeline.sequence import SequenceLayout
+    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
     from lmm import distributed
     from lmm.config import load_config
     from lmm.models.lmm import build_lmm
-    from data_pipeline.sequence import SequenceLayout
-    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
     from lmm.training.metrics import MetricsLogger
     from lmm.training.trainer import Trainer, build_engine
 

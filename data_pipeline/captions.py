@@ -11,9 +11,6 @@ import hashlib
 from bisect import bisect_right
 from itertools import accumulate
 
-# The CapsFusion-120M release's column names -> this project's field names.
-CAPSFUSION_120M_COLUMNS = {"laion_2b": "raw", "laion_coco": "synthetic", "capsfusion": "capsfusion"}
-
 
 def _unit_hash(key: str, seed: int) -> float:
     """A uniform number in [0, 1) determined by ``(seed, key)`` alone."""

@@ -19,28 +19,24 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import io
-import itertools
 import json
 import math
 import multiprocessing as mp
 import os
 import random
-import re
 import shutil
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_pipeline.manifest import MANIFEST_FILE, write_manifest
+from data_pipeline.shard_format import CAPTION_FIELDS, write_shard
+
 FORMAT_VERSION = 1
-CAPTION_FIELDS = ("raw", "synthetic", "capsfusion")
 NUM_REFS = 5
-TAR_MTIME = 1_700_000_000  # fixed member mtime -> byte-identical shards
 JPEG_QUALITY = 90
 SUPERSAMPLE = 2
 BG_VARIANTS = 8  # phase-shifted copies of each scene texture (cached per process)
@@ -151,7 +147,6 @@ RAW_FILE_PREFIXES = ("img", "dsc", "photo", "image", "pic")
 RAW_FILE_NUMBERS = ("0042", "0417", "1138", "2931", "3306", "4870", "5521", "6012",
                     "7734", "9180")
 RAW_SEPARATORS = (" ", " ", " | ", " - ", ", ")
-WORD = re.compile(r"[a-z0-9_#]+")
 
 # -------------------------------------------------------------------------- schema
 
@@ -477,20 +472,10 @@ def _train_sample(spec: DemoWorldSpec, index: int) -> dict:
     return {"__key__": key, "jpg": jpg, "json": json.dumps(meta, sort_keys=True).encode()}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _write_shard(args: tuple[DemoWorldSpec, Path, int, int]) -> dict:
     """Write train samples [start, stop) to one tar shard; return its manifest entry."""
-    import webdataset as wds  # lazy: it imports torch (seconds), not needed for reading
-
     spec, path, start, stop = args
-    with wds.TarWriter(str(path), encoder=False, mtime=TAR_MTIME) as sink:
-        for i in range(start, stop):
-            sink.write(_train_sample(spec, i))
-    return {"path": path.name, "num_samples": stop - start,
-            "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return write_shard(path, (_train_sample(spec, i) for i in range(start, stop)))
 
 
 def _pool_map(fn, jobs: list) -> list:
@@ -515,10 +500,7 @@ def _write_train(out: Path, spec: DemoWorldSpec) -> dict:
     jobs = [(spec, train / f"shard-{k:06d}.tar", s, min(s + per, spec.num_train))
             for k, s in enumerate(range(0, spec.num_train, per))]
     shards = _pool_map(_write_shard, jobs)
-    manifest = {"shards": shards, "num_samples": spec.num_train,
-                "caption_fields": list(CAPTION_FIELDS)}
-    (train / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
+    return write_manifest(train / MANIFEST_FILE, shards, caption_fields=list(CAPTION_FIELDS))
 
 
 def _eval_entry(spec: DemoWorldSpec, images: Path, index: int) -> dict:
@@ -569,35 +551,6 @@ def generate_demo_world(out_dir: str | Path, spec: DemoWorldSpec) -> dict:
              "train_manifest": "train/manifest.json", "eval_karpathy": "eval/dataset_coco.json"}
     world_path.write_text(json.dumps(world, indent=1))  # written last: completion marker
     return world
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def iter_train_metadata(out_dir: str | Path) -> Iterator[dict]:
-    """Yield each train sample's json metadata, in manifest order."""
-    train = Path(out_dir) / "train"
-    manifest = json.loads((train / "manifest.json").read_text())
-    for shard in manifest["shards"]:
-        with tarfile.open(train / shard["path"]) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    yield json.loads(tar.extractfile(member).read())
-
-
-def caption_corpus(out_dir: str | Path) -> Iterator[str]:
-    """All train captions of all three styles (e.g. to fit a tokenizer)."""
-    for meta in iter_train_metadata(out_dir):
-        for name in CAPTION_FIELDS:
-            yield meta[name]
-
-
-def vocabulary(out_dir: str | Path) -> set[str]:
-    """Word vocabulary (punctuation stripped) of train captions and eval references."""
-    karpathy = json.loads((Path(out_dir) / "eval" / "dataset_coco.json").read_text())
-    refs = (s["raw"] for im in karpathy["images"] for s in im["sentences"])
-    return {w for text in itertools.chain(caption_corpus(out_dir), refs)
-            for w in WORD.findall(text)}
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -39,10 +39,10 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from torchvision import transforms as T
 
 from data_pipeline.captions import CaptionSelector
-from data_pipeline.manifest import EpochPlan, Piece, ShardEntry
-from data_pipeline.shard_format import BadSample, image_member, rgb_image, sample_fields
-from data_pipeline.shard_reader import LOST, read_piece, read_pieces
+from data_pipeline.manifest import EpochPlan, Piece
 from data_pipeline.sequence import SequenceLayout
+from data_pipeline.shard_format import BadSample, image_member, rgb_image, sample_fields
+from data_pipeline.shard_reader import LOST, read_pieces
 
 
 def fresh_position(epoch: int = 0) -> dict:
@@ -333,21 +333,3 @@ def build_train_loader(stream: CaptionStream, num_workers: int, device: torch.de
                         worker_init_fn=worker_init_fn,
                         prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.device(device).type == "cuda")
     return TrainLoader(loader, stream.normalize, device)
-
-
-def caption_corpus(shards: list[ShardEntry], max_samples: int = 200_000) -> Iterator[str]:
-    """Every caption field of the first ``max_samples`` samples (text for training a tokenizer)."""
-    seen = 0
-    for shard in shards:
-        for raw in read_piece(Piece(shard.url, 0, min(shard.num_samples, max_samples - seen))):
-            seen += 1
-            try:
-                fields = sample_fields(raw) if raw is not LOST else {}
-            except BadSample:
-                continue
-            for value in fields.values():
-                for text in value if isinstance(value, list) else [value]:
-                    if isinstance(text, str) and text.strip() and "://" not in text:
-                        yield text
-        if seen >= max_samples:
-            return

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import io
 import json
 import multiprocessing as mp
@@ -42,11 +41,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
-from data_pipeline.shard_format import (BadSample, encode_sample, image_member, is_high_bit_depth, rgb_image,
-                                        sample_fields)
-from data_pipeline.shard_reader import LOST, read_pieces, scan_shard
 from data_pipeline.files import write_json_atomic
+from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
+from data_pipeline.shard_format import (
+    BadSample,
+    encode_sample,
+    image_member,
+    is_high_bit_depth,
+    rgb_image,
+    sample_fields,
+    shard_entry,
+    write_shard,
+)
+from data_pipeline.shard_reader import LOST, read_pieces, scan_shard
 
 PRESETS = {
     # The CapsFusion-120M release: image_url, laion_2b (raw alt-text), laion_coco (BLIP), capsfusion (fused).
@@ -54,7 +61,6 @@ PRESETS = {
 }
 DEFAULT_COLUMNS = {"url": "url", "raw": "raw", "synthetic": "synthetic", "capsfusion": "capsfusion"}
 STATS_FILE = "stats.json"
-TAR_MTIME = 1_700_000_000  # fixed member mtime: identical inputs give byte-identical shards
 PIL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
@@ -91,32 +97,24 @@ def _encoded_rgb(image, ext: str) -> bytes:
     return out.getvalue()
 
 
-def _shard_record(path: Path, written: int) -> dict:
-    data = path.read_bytes()
-    return {"path": path.name, "num_samples": written, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def _write_shard(job: dict) -> dict:
     """Write one shard from ``job["samples"]`` (table) or ``job["pieces"]`` (img2dataset); returns its record."""
-    import webdataset as wds
-
     out = Path(job["path"])
-    tmp = out.with_name(out.name + ".tmp")
-    failures, captions, written = Counter(), Counter(), 0
+    failures, captions = Counter(), Counter()
     samples = _table_samples(job["samples"]) if "samples" in job else _img2dataset_samples(job["pieces"],
                                                                                          job["columns"])
-    with wds.TarWriter(str(tmp), encoder=False, mtime=TAR_MTIME) as sink:
+
+    def usable():
         for sample in samples:
             if isinstance(sample, BadSample):
                 failures[sample.reason] += 1
                 continue
-            sink.write(sample)
-            written += 1
             fields = json.loads(sample["json"])
             captions.update({f: len(v) if isinstance(v, list) else 1 for f, v in fields.items()
                              if f in job["caption_fields"]})
-    os.replace(tmp, out)
-    record = {"shard": _shard_record(out, written), "failures": dict(failures), "captions": dict(captions)}
+            yield sample
+
+    record = {"shard": write_shard(out, usable()), "failures": dict(failures), "captions": dict(captions)}
     write_json_atomic(out.with_name(out.name + ".json"), record)  # the done marker, written last
     return record
 
@@ -326,7 +324,7 @@ def prepare_img2dataset(folder: Path, out: Path, columns: dict[str, str], sample
     caption_fields = [f for f in columns if f != "url"]
     out.mkdir(parents=True, exist_ok=True)
     if in_place:
-        records = [{"shard": {**_shard_record(s, n), "path": os.path.relpath(s, out)}, "failures": {}, "captions": {}}
+        records = [{"shard": {**shard_entry(s, n), "path": os.path.relpath(s, out)}, "failures": {}, "captions": {}}
                    for s, n in zip(sources, counts)]
     else:
         pieces = [Piece(str(s), 0, n) for s, n in zip(sources, counts) if n]

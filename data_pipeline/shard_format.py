@@ -14,11 +14,16 @@ Images are turned into RGB by ``rgb_image``, which rescales high-bit-depth image
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+from pathlib import Path
+from typing import Iterable
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_FIELDS = ("raw", "synthetic", "capsfusion")
+TAR_MTIME = 1_700_000_000  # fixed member mtime: identical samples give byte-identical shards (and sha256)
 
 # Why a sample was skipped; logged as data/skipped/<reason>.
 SKIP_REASONS = (
@@ -116,3 +121,25 @@ def encode_sample(key: str, image_ext: str, image: bytes, fields: dict) -> dict:
     if "." in key or not key:
         raise ValueError(f"sample key {key!r} must be non-empty and hold no dots")
     return {"__key__": key, image_ext: image, "json": json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()}
+
+
+def write_shard(path: str | Path, samples: Iterable[dict]) -> dict:
+    """Write samples (``encode_sample`` dicts) to the tar shard ``path``, atomically: a temporary sibling renamed
+    over it, so a reader never sees half a shard. Returns its manifest entry (``shard_entry``)."""
+    import webdataset as wds  # lazy: it imports torch (seconds), which reading a shard's schema does not need
+
+    path = Path(path)
+    tmp, written = path.with_name(path.name + ".tmp"), 0
+    with wds.TarWriter(str(tmp), encoder=False, mtime=TAR_MTIME) as sink:
+        for sample in samples:
+            sink.write(sample)
+            written += 1
+    os.replace(tmp, path)
+    return shard_entry(path, written)
+
+
+def shard_entry(path: Path, num_samples: int) -> dict:
+    """A shard's manifest entry: file name, sample count, size and sha256."""
+    data = Path(path).read_bytes()
+    return {"path": Path(path).name, "num_samples": num_samples, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}

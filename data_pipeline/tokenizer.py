@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import sentencepiece as spm
+
+from data_pipeline.manifest import Piece, ShardEntry
+from data_pipeline.shard_format import BadSample, sample_fields
+from data_pipeline.shard_reader import LOST, read_piece
 
 IMAGE_MARKERS = ("[IMG]", "[/IMG]", "<image>")
 
@@ -50,3 +54,21 @@ def train_tokenizer(sentences: Iterable[str], model_file: str | Path, vocab_size
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(model_file)  # atomic: concurrent ranks never read a half-written file
     return model_file
+
+
+def caption_corpus(shards: list[ShardEntry], max_samples: int = 200_000) -> Iterator[str]:
+    """Every caption field of the first ``max_samples`` samples (text for training a tokenizer)."""
+    seen = 0
+    for shard in shards:
+        for raw in read_piece(Piece(shard.url, 0, min(shard.num_samples, max_samples - seen))):
+            seen += 1
+            try:
+                fields = sample_fields(raw) if raw is not LOST else {}
+            except BadSample:
+                continue
+            for value in fields.values():
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str) and text.strip() and "://" not in text:
+                        yield text
+        if seen >= max_samples:
+            return

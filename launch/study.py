@@ -22,10 +22,19 @@ import sys
 import time
 from pathlib import Path
 
-from lmm.config import ConfigError, check_world_size
 from data_pipeline.files import write_json_atomic
-from lmm.study import (Job, StudyConfig, benchmark_names, eval_record, is_done, load_study, newest_step, plan_jobs,
-                       run_config)
+from lmm.config import ConfigError, check_world_size
+from lmm.study import (
+    Job,
+    StudyConfig,
+    benchmark_names,
+    eval_record,
+    is_done,
+    load_study,
+    newest_step,
+    plan_jobs,
+    run_config,
+)
 
 STATE_FILE = "study.json"
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}

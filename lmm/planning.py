@@ -74,8 +74,8 @@ class ModelShape:
 
 def planned_vocab_size(config: ExperimentConfig) -> int:
     """The decoder vocabulary a run will have: the tokenizer's pieces plus the three image markers."""
-    from lmm.models.llm import pretrained_tokenizer_file
     from data_pipeline.tokenizer import IMAGE_MARKERS, CaptionTokenizer
+    from lmm.models.llm import pretrained_tokenizer_file
 
     m = config.model
     if m.tokenizer.path is not None:

@@ -58,10 +58,10 @@ def demo_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(demo_world, tmp_path_factory):
-    from data_pipeline.demo_world import caption_corpus
-    from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
+    from data_pipeline.manifest import load_manifest
+    from data_pipeline.tokenizer import CaptionTokenizer, caption_corpus, train_tokenizer
 
-    path = train_tokenizer(caption_corpus(demo_world), tmp_path_factory.mktemp("tok") / "sp.model", 300)
+    path = train_tokenizer(caption_corpus(load_manifest(demo_world / "train" / "manifest.json")), tmp_path_factory.mktemp("tok") / "sp.model", 300)
     return CaptionTokenizer(path)
 
 

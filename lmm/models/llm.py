@@ -13,12 +13,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.initialization import no_init_weights
 
+from data_pipeline.tokenizer import IMAGE_MARKERS, CaptionTokenizer
 from lmm.config import LLMConfig
 from lmm.models.marker_rows import add_marker_rows
 from lmm.models.partitioned import fill_from_files, partitioned_construction
 from lmm.models.safetensors_reader import tensor_entries
 from lmm.models.weights import WeightsMismatchError, check_tensor_shapes, safetensors_files, state_shapes
-from data_pipeline.tokenizer import IMAGE_MARKERS, CaptionTokenizer
 
 # LLMConfig field -> LlamaConfig field that must agree when a pretrained directory is given
 _SIZE_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.config import ModelConfig
 from lmm.models.bridge import CausalBridge
 from lmm.models.llm import build_llm
 from lmm.models.marker_rows import marker_row_parameters
 from lmm.models.vision import VisionTower, build_vision_tower
-from data_pipeline.tokenizer import CaptionTokenizer
 
 
 @dataclass

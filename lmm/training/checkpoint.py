@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lmm import distributed
 from data_pipeline.files import write_json_atomic
+from lmm import distributed
 from lmm.training import elastic, frozen_weights
 
 META_FILE = "meta.json"

@@ -5,7 +5,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -14,24 +14,31 @@ import numpy as np
 import torch
 
 from data_pipeline.captions import CaptionSelector
-from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
-from data_pipeline.manifest import load_manifest, subset
-from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
-from lmm import distributed
-from lmm.config import (ConfigError, ExperimentConfig, budget_samples, check_world_size, decay_ends, stop_step,
-                        total_steps)
 from data_pipeline.files import write_json_atomic
-from lmm.models.llm import pretrained_tokenizer_file
+from data_pipeline.loader import CaptionStream, build_train_loader
+from data_pipeline.manifest import load_manifest, subset
+from data_pipeline.sequence import IGNORE_INDEX, SequenceLayout
+from data_pipeline.tokenizer import CaptionTokenizer
+from lmm import distributed
+from lmm.config import (
+    ConfigError,
+    ExperimentConfig,
+    budget_samples,
+    check_world_size,
+    decay_ends,
+    stop_step,
+    total_steps,
+)
 from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
-from data_pipeline.sequence import IGNORE_INDEX, SequenceLayout
-from data_pipeline.tokenizer import CaptionTokenizer, train_tokenizer
 from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger, schedule
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
+from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
 from lmm.training.optimizer_groups import parameter_groups
 from lmm.training.preemption import STOP, StopOutcome, StopRequest, forward_to_trainer, requeue
+from lmm.training.run_tokenizer import train_tokenizer_once, with_tokenizer_path
 from lmm.training.sample_ledger import SampleLedger
 
 
@@ -46,32 +53,6 @@ def set_tf32(enabled: bool) -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
-
-
-def with_tokenizer_path(config: ExperimentConfig) -> ExperimentConfig:
-    """The config with ``model.tokenizer.path`` set: the given one, the pretrained decoder's ``tokenizer.model``,
-    a decay branch's parent's, else ``<output_dir>/tokenizer.model`` (trained on the training captions by
-    ``train_tokenizer_once``)."""
-    if config.model.tokenizer.path is not None:
-        return config
-    if config.model.llm.pretrained is not None:
-        model_file = pretrained_tokenizer_file(config.model.llm)
-    elif config.train.init_from:
-        model_file = checkpoint.run_dir_of(config.train.init_from) / "tokenizer.model"
-    else:
-        model_file = Path(config.output_dir) / "tokenizer.model"
-    return replace(config, model=replace(config.model, tokenizer=replace(config.model.tokenizer,
-                                                                         path=str(model_file))))
-
-
-def train_tokenizer_once(config: ExperimentConfig, env: distributed.DistEnv) -> None:
-    """Rank 0 trains the run's own tokenizer when its file is missing (collective)."""
-    model_file = Path(config.model.tokenizer.path)
-    if config.model.llm.pretrained is None and model_file.parent == Path(config.output_dir):
-        if env.is_main and not model_file.is_file():
-            train_tokenizer(caption_corpus(load_manifest(config.data.train_manifest)), model_file,
-                            config.model.tokenizer.vocab_size)
-        distributed.barrier()
 
 
 def build_engine(config: ExperimentConfig, model: LMM, world_size: int, is_main: bool = False,

@@ -4,16 +4,16 @@ import json
 
 import pytest
 import webdataset as wds
+from shard_factory import captions, jpeg, to_tensor, write_shards
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream, DataStopped, build_train_loader
 from data_pipeline.manifest import Piece, load_manifest, subset, write_manifest
-from lmm.training.loader_state import LoaderProgress
-from data_pipeline.shard_reader import LOST, read_piece, read_pieces
 from data_pipeline.sequence import SequenceLayout
+from data_pipeline.shard_reader import LOST, read_piece, read_pieces
+from lmm.training.loader_state import LoaderProgress
 from lmm.training.metrics import MetricsLogger
-from shard_factory import captions, jpeg, to_tensor, write_shards
 
 GOOD = {"__key__": "good", "jpg": jpeg(), "json": json.dumps(captions("good")).encode()}
 BAD_SAMPLES = {

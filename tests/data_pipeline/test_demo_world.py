@@ -13,6 +13,8 @@ import webdataset as wds
 from PIL import Image
 
 from data_pipeline import demo_world as dw
+from data_pipeline.manifest import load_manifest
+from data_pipeline.tokenizer import caption_corpus
 
 SPEC = dw.DemoWorldSpec(num_train=70, num_eval=12, samples_per_shard=32, image_size=112, seed=3)
 FILE_NAME = re.compile(r"\b(?:img|dsc|photo|image|pic)_\d{4}\b")
@@ -104,7 +106,7 @@ def test_karpathy_eval_well_formed(world_dir):
 
 
 def test_caption_corpus_and_world_json(world_dir):
-    corpus = list(dw.caption_corpus(world_dir))
+    corpus = list(caption_corpus(load_manifest(world_dir / "train" / "manifest.json")))
     assert len(corpus) == 3 * SPEC.num_train and all(corpus)
     world = json.loads((world_dir / "world.json").read_text())
     assert world["num_train_samples"] == SPEC.num_train and world["num_shards"] == 3
@@ -142,7 +144,7 @@ def test_cli(tmp_path, capsys):
              "--samples-per-shard", "5", "--image-size", "64", "--seed", "7"])
     world = json.loads(capsys.readouterr().out)
     assert world["image_size"] == 64 and world["num_train_samples"] == 5
-    assert len(list(dw.caption_corpus(tmp_path))) == 15
+    assert len(list(caption_corpus(load_manifest(tmp_path / "train" / "manifest.json")))) == 15
 
 
 # ---------------------------------------------------------------- caption styles

@@ -5,13 +5,14 @@ from collections import Counter
 
 import pytest
 import torch
+from shard_factory import to_tensor, write_shards
 
 from data_pipeline.captions import CaptionSelector
-from data_pipeline.loader import CaptionStream, build_train_loader, caption_corpus
+from data_pipeline.loader import CaptionStream, build_train_loader
 from data_pipeline.manifest import load_manifest, subset
-from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from data_pipeline.sequence import SequenceLayout
-from shard_factory import to_tensor, write_shards
+from data_pipeline.tokenizer import caption_corpus
+from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 
 
 def stream_for(pieces, tokenizer, rank=0, world_size=1, positions=None, consumed=0, source="capsfusion", mix=None,
@@ -41,9 +42,10 @@ def test_batches_are_padded_and_masked(demo_world, tokenizer):
 
 def test_pixels_match_the_towers_transform_bit_for_bit(tmp_path, tokenizer):
     """Workers ship uint8 after open_clip's PIL steps; ToTensor + Normalize run batched on the training device."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
     import io
+
     import webdataset as wds
+    from open_clip.transform import PreprocessCfg, image_transform_v2
     from PIL import Image
 
     transform = image_transform_v2(PreprocessCfg(size=14, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7),

@@ -8,22 +8,21 @@ import re
 import tarfile
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
+from shard_factory import jpeg, png16, to_tensor
 
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.loader import CaptionStream
 from data_pipeline.manifest import load_manifest, subset
 from data_pipeline.prepare import PRESETS, _mapped_fields
 from data_pipeline.prepare import main as prepare
+from data_pipeline.sequence import SequenceLayout
 from data_pipeline.shard_format import rgb_image
 from data_pipeline.shard_reader import scan_shard
-from data_pipeline.sequence import SequenceLayout
-from shard_factory import jpeg, png16, to_tensor
 
 
 def read_all(manifest):

@@ -6,11 +6,11 @@ import json
 import torch
 from safetensors import safe_open
 
+from data_pipeline.tokenizer import CaptionTokenizer
 from launch.convert_weights import main as convert_main
 from lmm.config import LLMConfig, VisionConfig
 from lmm.models.llm import build_llm
 from lmm.models.vision import VisionTower, build_vision_tower
-from data_pipeline.tokenizer import CaptionTokenizer
 
 
 def test_llama_directory_converts_to_bf16_and_is_then_mapped(llama_dir, tmp_path):

@@ -1,15 +1,14 @@
 """The MFU FLOP formula against torch's own FLOP counter on the real modules, for each freezing policy."""
 import pytest
 import torch
+from conftest import REPO_ROOT
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import REPO_ROOT
+from data_pipeline.sequence import SequenceLayout
 from lmm.config import load_config
-from lmm.flops import forward_flops, pass_multipliers, training_flops, training_flops_per_sample, \
-    training_matmul_flops
+from lmm.flops import forward_flops, pass_multipliers, training_flops, training_flops_per_sample, training_matmul_flops
 from lmm.models.lmm import build_lmm
 from lmm.planning import build_meta_model, model_shape
-from data_pipeline.sequence import SequenceLayout
 
 MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.convolution", "aten.convolution_backward"}
 

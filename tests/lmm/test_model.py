@@ -1,12 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO_ROOT
-from lmm.config import ConfigError, load_config
-from lmm.models.marker_rows import add_marker_rows, marker_row_parameters, merge_marker_rows
-from lmm.models.lmm import GenerationSettings, build_lmm, parameter_counts
+
 from data_pipeline.sequence import IGNORE_INDEX, SequenceLayout
+from lmm.config import ConfigError, load_config
+from lmm.models.lmm import GenerationSettings, build_lmm, parameter_counts
+from lmm.models.marker_rows import add_marker_rows, marker_row_parameters, merge_marker_rows
 
 TINY = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",
         "model.llm.hidden_size=32", "model.llm.num_layers=2", "model.llm.num_heads=2",

@@ -1,12 +1,12 @@
 """AdamW groups: decay on weight matrices only; biases, norms, embeddings, learned queries, position embeddings and
 the separate image-marker rows get none; frozen parameters are in no group."""
 import torch
+from conftest import REPO_ROOT, frozen_pretrained_overrides
 from torch import nn
 
-from conftest import REPO_ROOT, frozen_pretrained_overrides
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.config import load_config
 from lmm.models.lmm import build_lmm
-from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training.optimizer_groups import no_decay_names, parameter_groups
 
 TINY = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",

@@ -5,15 +5,23 @@ import time
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import REPO_ROOT
+from data_pipeline.sequence import SequenceLayout
 from launch.plan import main as plan_main
 from lmm.config import ConfigError, load_config
 from lmm.models.lmm import build_lmm
-from lmm.planning import GIB, PlanError, checkpoint_bytes, activation_bytes, build_meta_model, make_plan, model_shape, \
-    model_state_bytes
-from data_pipeline.sequence import SequenceLayout
+from lmm.planning import (
+    GIB,
+    PlanError,
+    activation_bytes,
+    build_meta_model,
+    checkpoint_bytes,
+    make_plan,
+    model_shape,
+    model_state_bytes,
+)
 
 LLAMA2_7B_PARAMS = 6_738_415_616  # Llama-2-7b-hf, vocabulary 32000
 EVA01_G_VISUAL_PARAMS = 1_012_588_928  # open_clip EVA01-g-14 visual: 40 x 1408-wide blocks, patch 14, 224 px

@@ -5,15 +5,16 @@ import shutil
 
 import pytest
 import torch
+from conftest import PRETRAINED_LLM_SIZES as LLM_SIZES
+from conftest import REPO_ROOT
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import PRETRAINED_LLM_SIZES as LLM_SIZES, REPO_ROOT
+from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.config import VisionConfig, load_config
 from lmm.models.lmm import build_lmm
 from lmm.models.vision import VisionTower, build_vision_tower
 from lmm.models.weights import WeightsMismatchError
-from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training.trainer import with_tokenizer_path
 
 BRIDGE = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2"]

@@ -2,11 +2,11 @@
 attention implementation, TF32; unavailable choices fail clearly before any weights are read."""
 import pytest
 import torch
-
 from conftest import REPO_ROOT
+
+from data_pipeline.sequence import SequenceLayout
 from lmm.config import ConfigError, load_config
 from lmm.models.lmm import build_lmm
-from data_pipeline.sequence import SequenceLayout
 from lmm.training.trainer import set_tf32
 
 TINY = ["model.bridge.num_queries=4", "model.bridge.width=32", "model.bridge.depth=1", "model.bridge.heads=2",
