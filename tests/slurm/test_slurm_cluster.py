@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +38,7 @@ def slurm(*args: str, check: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def cluster():
+    """The local cluster's SLURM_CONF; stopped at the end unless it was already running (someone else's)."""
     result = subprocess.run([str(HERE / "start_local_cluster.sh")], capture_output=True, text=True, timeout=600)
     if result.returncode:
         reason = f"local Slurm cluster could not start: {result.stderr.strip()[-800:]}"
@@ -46,7 +49,8 @@ def cluster():
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = conf
     yield conf
-    subprocess.run([str(HERE / "stop_local_cluster.sh")], timeout=120)
+    if "already running" not in result.stderr:
+        subprocess.run([str(HERE / "stop_local_cluster.sh")], timeout=120)
     if previous is None:
         os.environ.pop("SLURM_CONF", None)
     else:
@@ -60,12 +64,14 @@ def run_overrides(world: Path, out: Path, *extra: str) -> list[str]:
             "train.checkpoint_every=8", f"output_dir={out}", *extra]
 
 
-def sbatch(out: Path, args: list[str], script: str = PRETRAIN_10M, flags: list[str] = CPU_FLAGS,
-           python: str = sys.executable) -> str:
-    """Submit a slurm/ batch script from the repository root, as a user would; returns the job id."""
+def sbatch(out: Path | None, args: list[str], script: str = PRETRAIN_10M, flags: list[str] = CPU_FLAGS,
+           python: str = sys.executable, cwd: Path = REPO_ROOT) -> str:
+    """Submit a slurm/ batch script (from the repository root, as a user would) with its log at ``<out>.log``
+    (None: the script's own ``--output``); returns the job id."""
     env = {**os.environ, "LMM_PYTHON": python}
-    result = subprocess.run(["sbatch", "--parsable", *flags, f"--output={out}.log", script, *args],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    output = [f"--output={out}.log"] if out else []
+    result = subprocess.run(["sbatch", "--parsable", *flags, *output, script, *args],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
@@ -208,16 +214,67 @@ def test_a_changed_config_is_refused_on_every_rank_with_exit_2(uninterrupted, de
     assert (base_out / "config.json").read_text() == saved
 
 
-def test_an_interpreter_without_the_packages_fails_in_one_line(cluster, demo_world, tmp_path):
-    bare = subprocess.run(["bash", "-c", "command -v python3"], capture_output=True, text=True).stdout.strip()
-    if not bare or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
-        pytest.skip("no interpreter without torch on this machine")
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> str:
+    """An interpreter without the project's packages (a venv without pip, no system site-packages)."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
+                   check=True, timeout=120)
+    return str(venv / "bin" / "python")
+
+
+def test_an_interpreter_without_the_packages_fails_in_one_line(cluster, bare_python, tmp_path):
+    """Submitted from another directory with ``--output``: the launcher next to the script still runs, in the
+    checkout, and the missing packages end the job in one line."""
     out = tmp_path / "bare"
-    job = sbatch(out, run_overrides(demo_world, out), python=bare)
+    job = sbatch(out, [], script=str(REPO_ROOT / PRETRAIN_10M), python=bare_python, cwd=tmp_path)
     assert wait_for_end(job, timeout=120) == ("FAILED", "1:0")
     text = Path(f"{out}.log").read_text()
-    assert f"[launch] error: {bare} cannot import the project's packages (ModuleNotFoundError: No module named" in text
-    assert "run 'make setup' in" in text and "Traceback" not in text
+    assert (f"[launch] error: {bare_python} cannot import the project's packages (ModuleNotFoundError: No module "
+            f"named") in text, text
+    assert f"run 'make setup' in {REPO_ROOT}, or set LMM_PYTHON" in text and "Traceback" not in text
+
+
+def test_submitted_from_another_directory_it_fails_at_launch_unless_chdir_names_the_checkout(cluster, bare_python,
+                                                                                            tmp_path):
+    """What the README says: without ``--output`` or ``--chdir``, Slurm cannot open ``slurm/logs/...`` under the
+    submit directory and the job fails before the script runs; with ``--chdir`` the log is the checkout's."""
+    script, flags = str(REPO_ROOT / "slurm/pretrain.sh"), ["--ntasks=1", "--time=5"]
+    job = sbatch(None, [], script=script, flags=flags, python=bare_python, cwd=tmp_path)
+    assert wait_for_end(job, timeout=60)[0] == "FAILED"
+    shown = slurm("scontrol", "show", "job", job)
+    assert "Reason=JobLaunchFailure" in shown and f"StdOut={tmp_path}/slurm/logs/lmm-pretrain-{job}.out" in shown
+
+    job = sbatch(None, [], script=script, flags=[*flags, f"--chdir={REPO_ROOT}"], python=bare_python, cwd=tmp_path)
+    assert wait_for_end(job, timeout=120) == ("FAILED", "1:0")
+    log = REPO_ROOT / f"slurm/logs/lmm-pretrain-{job}.out"
+    assert "cannot import the project's packages" in log.read_text()
+    log.unlink()
+
+
+def readme_block(name: str) -> str:
+    """The bash block between ``<!-- name ...-->`` and ``<!-- /name -->`` in README.md."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split(f"<!-- {name}", 1)[1].split(f"<!-- /{name} -->", 1)[0]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_smoke_run_works_as_written(cluster):
+    """README's first Slurm block, verbatim from the checkout with its own .venv: a tiny world, then 2 steps of
+    configs/demo.yaml through slurm/pretrain.sh on 2 CPU tasks, one checkpoint per step."""
+    run = REPO_ROOT / "runs/smoke/run"
+    shutil.rmtree(run, ignore_errors=True)  # the block resumes a finished run: start afresh to see it train
+    env = {k: v for k, v in os.environ.items() if k != "LMM_PYTHON"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block("smoke-run")], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    job = re.search(r"Submitted batch job (\d+)", result.stdout)
+    log = REPO_ROOT / f"slurm/logs/lmm-smoke-{job[1]}.out" if job else None
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:], log and log.read_text()[-3000:])
+    assert job_state(job[1]) == ("COMPLETED", "0:0")
+    assert [read_meta(c).step for c in complete_checkpoints(run)] == [0, 1, 2]
+    assert "global_step2" in result.stdout
+    assert f"[launch] python {REPO_ROOT / '.venv/bin/python'}, lmm-scaling " in log.read_text()
+    log.unlink()
 
 
 def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_path):
@@ -257,7 +314,10 @@ def test_submitit_job_is_preempted_requeued_and_resumed_by_submitit(uninterrupte
     assert_same_weights(final_weights(base_out), final_weights(out))
 
 
-def test_submit_refuses_a_bad_config_and_submits_nothing(cluster, demo_world, tmp_path):
+def test_submit_refuses_a_bad_config_and_submits_nothing(cluster, demo_world, tmp_path, capsys):
+    """A bad config, a batch that does not split, a model that does not fit, and a job no node of this cluster
+    (two 2-CPU nodes, no GPUs) could ever run; --cpus-per-task defaults to what the nodes have."""
+    from launch.submit import SubmitOptions, fit_to_cluster
     from launch.submit import main as submit_main
 
     config = str(REPO_ROOT / "configs/capsfusion_10m.yaml")
@@ -268,6 +328,13 @@ def test_submit_refuses_a_bad_config_and_submits_nothing(cluster, demo_world, tm
                         *run_overrides(demo_world, tmp_path / "run")]) == 2  # 16 does not split over 3 ranks
     assert submit_main(["--config", config, "--nodes", "1", "--gpus-per-node", "8", "--gpu-mem-gb", "16",
                         "--folder", str(tmp_path)]) == 2  # the full-size model does not fit 16 GB GPUs
+    capsys.readouterr()
+    assert submit_main(["--config", config, "--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "1",
+                        "--cpus-per-task", "4", "--folder", str(tmp_path),
+                        *run_overrides(demo_world, tmp_path / "run")]) == 2
+    assert "would pend forever: it asks 2 node(s) with 1 tasks x 4 CPUs, 0 GPUs each, but the default partition " \
+           "has 2 node(s) with 2 CPUs" in capsys.readouterr().err
+    assert fit_to_cluster(SubmitOptions(nodes=2, gpus_per_node=0, tasks_per_node=1)).cpus_per_task == 2
     assert slurm("sacct", "-X", "-n", "-P", "-o", "JobID").splitlines() == jobs_before
 
 
