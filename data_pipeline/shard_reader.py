@@ -7,6 +7,12 @@ headers only; a stream (``pipe:``) has to read the skipped bytes, but never deco
 A corrupt, truncated or missing shard never raises: every sample of the range that could not be read is
 returned as ``LOST`` (skip reason ``tar_error``), so a range always yields exactly the planned number of items;
 the first such loss in each shard prints one warning line to stderr naming the shard, sample offset and error.
+
+Against webdataset's own ``tarfile_samples`` (``benchmarks/library_review.py --only tar``): 9,500 vs 2,000
+samples/s on a full read, 60 vs 520 ms to resume at sample 900 of 1,000 (webdataset reads every byte before it),
+and a corrupt header ends webdataset's shard quietly (500 of 1,000 samples, nothing counted) where this returns
+the planned count with the rest as ``LOST``. The sample just before a broken header is counted lost too (499
+read + 501 LOST there): its members cannot be known to be complete.
 """
 from __future__ import annotations
 

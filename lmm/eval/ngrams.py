@@ -1,5 +1,5 @@
-"""Shared by the n-gram caption metrics (CIDEr-D, BLEU): pycocoevalcap's input checks, the sentence layout, and
-the distinct n-grams of whitespace-split sentences with their counts, as flat numpy arrays."""
+"""pycocoevalcap's input checks as ValueErrors (every metric module), and for CIDEr-D the sentence layout and the
+distinct n-grams of whitespace-split sentences with their counts, as flat numpy arrays."""
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence

@@ -1,4 +1,5 @@
-"""BLEU, ROUGE-L, METEOR and the whole scoring pipeline against pycocoevalcap, on several hundred varied captions."""
+"""BLEU, ROUGE-L, METEOR (pycocoevalcap's own scorers behind our API) and the whole scoring pipeline against
+pycocoevalcap, on several hundred varied captions."""
 from __future__ import annotations
 
 import random
@@ -11,7 +12,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from lmm.eval.bleu import bleu
-from lmm.eval.rouge import lcs_length, rouge_l
+from lmm.eval.rouge import rouge_l
 from lmm.eval.scoring import score_captions
 from test_cider import HAND_WRITTEN, random_captions
 from test_ptb_tokenizer import pycocoevalcap_tokenize, varied_corpus
@@ -41,15 +42,6 @@ def test_rouge_l_matches_pycocoevalcap(name):
     corpus, per_image = rouge_l(gts, res)
     assert corpus == pytest.approx(expected, abs=1e-6)
     np.testing.assert_allclose(per_image, expected_per_image, rtol=0, atol=1e-6)
-
-
-def test_lcs_matches_dynamic_programming():
-    from pycocoevalcap.rouge.rouge import my_lcs
-
-    rng = random.Random(0)
-    for _ in range(3000):
-        a, b = rng.choices("abcde", k=rng.randint(0, 14)), rng.choices("abcdef", k=rng.randint(0, 14))
-        assert lcs_length(a, b) == my_lcs(a, b)
 
 
 def test_bleu_known_values():
@@ -130,8 +122,9 @@ def test_meteor_reports_a_dead_jvm_instead_of_blocking():
         return
     scorer = MeteorScorer()
     scorer._proc.kill()
-    with pytest.raises(RuntimeError, match="METEOR jar exited"):
-        scorer.score({1: ["a dog"]}, {1: ["a dog"]})
+    for _ in range(2):  # pycocoevalcap's own Meteor would block on its lock the second time
+        with pytest.raises(RuntimeError, match="METEOR jar exited"):
+            scorer.score({1: ["a dog"]}, {1: ["a dog"]})
     scorer.close()
 
 
