@@ -28,12 +28,13 @@ STOP_MARKER_ENV = "LMM_STOP_MARKER"
 
 def run(config) -> int:
     """Train ``config`` in this process (one rank); returns the process exit code."""
-    from lmm import distributed
+    from lmm import distributed, logs
     from lmm.config import ConfigError
     from lmm.safe_loading import UnsafeCheckpointError
     from lmm.training.frozen_weights import FrozenWeightsError
     from lmm.training.resume_guard import RunChangedError
     from lmm.training.trainer import train
+    logs.setup()
     try:
         try:
             _, outcome = train(config)

@@ -15,6 +15,7 @@ or every run's config when the key is a run config key (``data.train_manifest=..
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from data_pipeline.files import write_json_atomic
+from lmm import logs
 from lmm.config import ConfigError, check_world_size
 from lmm.study import (
     Job,
@@ -35,6 +37,8 @@ from lmm.study import (
     plan_jobs,
     run_config,
 )
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "study.json"
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
@@ -100,24 +104,24 @@ class LocalBackend:
                                            for later in study.jobs[i + 1:]):
                 continue  # a later leg of the same run trains through this one
             if any(name in failed for name in job.after):
-                print(f"[study] skipping {job.name}: a job it needs failed", flush=True)
+                log.error(f"skipping {job.name}: a job it needs failed")
                 failed.add(job.name)
                 continue
             if job.kind == "eval":
                 pending_evals.append(job)
                 continue
-            print(f"[study] {job.name}", flush=True)
+            log.info(f"{job.name}")
             try:
                 torchrun(self.nproc, "launch.pretrain", study.train_args(job))
             except RuntimeError as err:
-                print(f"[study] {job.name} failed: {err}", file=sys.stderr, flush=True)
+                log.error(f"{job.name} failed: {err}")
                 failed.add(job.name)
         if pending_evals:
-            print(f"[study] evaluating {len(pending_evals)} budget point(s)", flush=True)
+            log.info(f"evaluating {len(pending_evals)} budget point(s)")
             try:
                 torchrun(self.nproc, "launch.evaluate", study.eval_args(pending_evals))
             except RuntimeError as err:
-                print(f"[study] evaluation failed: {err}", file=sys.stderr, flush=True)
+                log.error(f"evaluation failed: {err}")
                 failed.update(j.name for j in pending_evals)
         return 1 if failed else 0
 
@@ -167,12 +171,12 @@ class SlurmBackend:
             raise ConfigError("run lmm-study from the repository root: the batch scripts run there (slurm/)")
         for job in study.jobs:
             if study.done(job):
-                print(f"[study] done       {job.name}", flush=True)
+                log.info(f"done       {job.name}")
                 continue
             active = self.active_id(study, job)
             if active:
                 ids[job.name] = active
-                print(f"[study] queued     {job.name} (job {active})", flush=True)
+                log.info(f"queued     {job.name} (job {active})")
                 continue
             after = [ids[name] for name in job.after if name in ids]
             if job.kind == "train":
@@ -183,14 +187,14 @@ class SlurmBackend:
             study.record(job, ids[job.name])
             submitted = True
             waits = f" after {','.join(after)}" if after else ""
-            print(f"[study] submitted  {job.name} (job {ids[job.name]}{waits})", flush=True)
+            log.info(f"submitted  {job.name} (job {ids[job.name]}{waits})")
         evals = [ids[j.name] for j in study.jobs if j.kind == "eval" and j.name in ids]
         if evals and submitted:  # else the plot job of an earlier pass still waits for the queued evals
             plot = [self.python, "-m", "launch.study", "plot", study.path, *study.study_overrides,
                     *study.run_overrides]
             job_id = self.sbatch(study, "plot", study.config.slurm.plot,
                                  ["--wrap", " ".join(map(_quote, plot))], evals, "afterany")
-            print(f"[study] submitted  plot (job {job_id}, after every eval)", flush=True)
+            log.info(f"submitted  plot (job {job_id}, after every eval)")
         return 0
 
 
@@ -238,10 +242,10 @@ def write_plot(study: Study) -> dict[str, Path] | None:
 
     records = read_results(study.config.results)
     if not any(r.get("budget_point") for r in records):
-        print(f"[study] no budget point evaluated yet in {study.config.results}: no plot", flush=True)
+        log.info(f"no budget point evaluated yet in {study.config.results}: no plot")
         return None
     written = plot(records, Path(study.config.output_dir) / "scaling")
-    print(f"[study] plot: {written['png']} (+ .svg, .csv, table {written['md']})", flush=True)
+    log.info(f"plot: {written['png']} (+ .svg, .csv, table {written['md']})")
     return written
 
 
@@ -269,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="run: list the jobs and their state, submit nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the study or of every run config")
     args = parser.parse_intermixed_args(argv)  # options may follow the overrides
+    logs.setup()
     try:
         study = Study(args.study, args.overrides)
         if args.command == "run":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,7 +116,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "bf16"
     tf32: bool = True  # TF32 tensor cores for fp32 matmuls/convolutions (CUDA only)
     zero_stage: int = 2
-    deepspeed_template: str = "configs/deepspeed/zero.json"
+    # DeepSpeed-only knobs (lmm.training.deepspeed_config); in a YAML file relative to that file, in an override
+    # relative to the working directory; null: DeepSpeed's defaults
+    deepspeed_template: Optional[str] = None
+    peak_tflops: Optional[float] = None  # a device's peak FLOP/s for perf/mfu; null: the GPU's data sheet (lmm.flops)
     checkpoint_every: int = 1000  # optimizer steps; a final checkpoint is always written
     checkpoint_at_start: bool = False  # a step-0 checkpoint, so the untrained model is on the curve
     checkpoint_steps: list[int] = field(default_factory=list)  # more steps to checkpoint at (a study's branch points)
@@ -261,6 +265,10 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"config file {path} is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
+    train = data.get("train")
+    template = train.get("deepspeed_template") if isinstance(train, dict) else None
+    if isinstance(template, str) and not Path(template).is_absolute():  # relative to this file, wherever it is run
+        train["deepspeed_template"] = os.path.normpath(path.parent / template)
     base = data.pop("base", None)
     if base is not None:
         data = _deep_merge(read_yaml(path.parent / base), data)

@@ -3,8 +3,12 @@
 ``setup()`` is called once by each ``launch`` entry point; modules log through ``logging.getLogger(__name__)``.
 Rank 0 logs at INFO (``LMM_LOG_LEVEL`` overrides), the other ranks WARNING and above only, so a 16-rank job
 prints each event once. Records go to stdout, in order with the metric lines, which is where Slurm's ``--output``
-and a terminal both look. A record from a library (any logger outside this project) is shown once per process:
-open_clip warns "No pretrained weights loaded" at every tower build, and an eval builds one per checkpoint.
+and a terminal both look; Python warnings go through the same handler.
+
+Libraries are quieter than the project: their records below WARNING are dropped (``LMM_LOG_LEVEL=DEBUG`` shows
+them), and each of their messages is shown once per process (an eval builds a model per checkpoint). open_clip's
+"No pretrained weights loaded ... initialized randomly" is dropped: the project builds every tower without
+weights and loads them itself (``lmm.models.vision``), so the message is false whenever weights are given.
 """
 from __future__ import annotations
 
@@ -25,19 +29,24 @@ def process_rank() -> int:
     return 0
 
 
-class _RankAndLibraryOnce(logging.Filter):
-    """Stamps the rank on every record; lets a library's record through once per (logger, message)."""
+DROPPED = ("No pretrained weights loaded for model",)  # library messages that are false here (see above)
 
-    def __init__(self, rank: int):
+
+class _RankAndQuietLibraries(logging.Filter):
+    """Stamps the rank on every record; lets a library's record through once per (logger, message), at
+    ``library_level`` and above, unless it is one of DROPPED."""
+
+    def __init__(self, rank: int, library_level: int):
         super().__init__()
-        self.rank, self.seen = rank, set()
+        self.rank, self.library_level, self.seen = rank, library_level, set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = self.rank
         if record.name.split(".")[0] in PROJECT_LOGGERS:
             return True
-        key = (record.name, record.getMessage())
-        if key in self.seen:
+        message = record.getMessage()
+        key = (record.name, message)
+        if record.levelno < self.library_level or key in self.seen or message.startswith(DROPPED):
             return False
         self.seen.add(key)
         return True
@@ -49,10 +58,11 @@ def setup(rank: int | None = None) -> None:
     level = os.environ.get("LMM_LOG_LEVEL", "INFO").upper() if rank == 0 else "WARNING"
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
-    handler.addFilter(_RankAndLibraryOnce(rank))
+    handler.addFilter(_RankAndQuietLibraries(rank, logging.DEBUG if level == "DEBUG" else logging.WARNING))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "lmm_handler", False)]:
         root.removeHandler(old)
     handler.lmm_handler = True
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)

@@ -61,7 +61,8 @@ def tokenizer(demo_world, tmp_path_factory):
     from data_pipeline.manifest import load_manifest
     from data_pipeline.tokenizer import CaptionTokenizer, caption_corpus, train_tokenizer
 
-    path = train_tokenizer(caption_corpus(load_manifest(demo_world / "train" / "manifest.json")), tmp_path_factory.mktemp("tok") / "sp.model", 300)
+    corpus = caption_corpus(load_manifest(demo_world / "train" / "manifest.json"))
+    path = train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "sp.model", 300)
     return CaptionTokenizer(path)
 
 

@@ -3,6 +3,7 @@ workers (past a damaged checkpoint) reading every sample once, and the checkpoin
 resume (same weights as an uninterrupted run) is tested through Slurm's signals in tests/slurm and for lean
 checkpoints in tests/lmm/test_zero3_freeze_and_export.py."""
 import json
+import re
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -41,8 +42,11 @@ def test_loss_falls_and_scalars_are_logged(runs):
     loss = scalars(root / "full", "train/loss")
     assert [s for s, _ in loss] == [16 * i for i in range(1, STEPS + 1)]  # x axis: samples seen
     assert loss[-1][1] < loss[0][1] - 0.3
-    for tag in ("train/lr", "train/grad_norm", "perf/samples_per_s", "perf/tokens_per_s"):
+    for tag in ("train/lr", "train/grad_norm", "perf/samples_per_s", "perf/tokens_per_s", "perf/tflops_per_device",
+                "perf/data_wait_fraction"):
         assert len(scalars(root / "full", tag)) == STEPS
+    assert all(0 <= wait <= 1 for _, wait in scalars(root / "full", "perf/data_wait_fraction"))
+    assert all(tflops > 0 for _, tflops in scalars(root / "full", "perf/tflops_per_device"))
 
 
 def test_checkpoints_carry_step_and_samples(runs):
@@ -84,14 +88,35 @@ def elastic(demo_world, tmp_path_factory):
     return out, logs
 
 
+def test_a_resumed_run_logs_its_story_on_rank_0(elastic):
+    """The third leg's log: time- and rank-stamped lines telling what the run is, where it resumed, each checkpoint
+    with its time, and how it ended; rank 1 logs no INFO lines."""
+    out, logs = elastic
+    story = [line for line in logs[2].splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[rank 0\] ", line)]
+    expected = [r"INFO lmm\.training\.trainer: run \S+: capsfusion captions, 128 samples in 8 steps of 16 \(= 4 per "
+                r"rank x 2 accumulation x 2 ranks\), cosine schedule .* config digest [0-9a-f]{12}",
+                rf"WARNING lmm\.training\.checkpoint: skipping checkpoint {out}/checkpoints/global_step7",
+                rf"INFO lmm\.training\.trainer: resumed from {out}/checkpoints/global_step6 \(step 6, samples seen 96\)"
+                r" on 2 ranks \(re-partitioned\)",
+                r"INFO lmm\.training\.metrics: step 7/8 samples 112 loss=\S+ lr=\S+ .*data_wait_fraction=",
+                rf"INFO lmm\.training\.trainer: checkpoint: step 8 \(samples seen 128\) saved to "
+                rf"{out}/checkpoints/global_step8 in \d+\.\d s",
+                rf"INFO lmm\.training\.trainer: finished at step 8 of 8 \(samples seen 128\) after \d+ s; outputs in "
+                rf"{out}"]
+    found = [next((i for i, line in enumerate(story) if re.search(pattern, line)), None) for pattern in expected]
+    assert None not in found and found == sorted(found), (found, story)
+    assert "[rank 1] INFO" not in logs[2]
+    assert "No pretrained weights loaded" not in logs[2]  # open_clip's false warning is dropped (lmm.logs)
+
+
 def test_resume_on_other_ranks_reads_every_sample_once_and_keeps_the_schedule(elastic, runs):
     from launch.check_ledger import main as check_ledger
 
     out, logs = elastic
     assert "on 1 ranks (re-partitioned)" in logs[1] and "on 2 ranks (re-partitioned)" in logs[2]
     assert "skipping checkpoint" in logs[2] and "global_step7: mp_rank_00_model_states.pt has 1,000 bytes" in logs[2]
-    firsts = [next(line for line in log.splitlines() if line.startswith("step ")) for log in logs]
-    assert [f.split()[1] for f in firsts] == ["1", "6", "7"]  # the third leg fell back to the step-6 checkpoint
+    firsts = [re.search(r"INFO lmm\.training\.metrics: step (\d+)/", log).group(1) for log in logs]
+    assert firsts == ["1", "6", "7"]  # the third leg fell back to the step-6 checkpoint
     full = dict(scalars(runs[0] / "full", "train/lr"))
     elastic_lr = dict(scalars(out, "train/lr"))
     assert elastic_lr == pytest.approx(full)  # the LR schedule went on across both re-partitions

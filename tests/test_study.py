@@ -4,6 +4,7 @@ table and the plot. A re-run redoes nothing; after a lost result it redoes only 
 import contextlib
 import io
 import json
+import re
 
 import pytest
 import yaml
@@ -49,7 +50,7 @@ def study(demo_world, tmp_path_factory):
 def test_the_study_trains_legs_and_branches_then_evaluates_every_budget_point(study):
     out, path, overrides, code, log = study
     assert code == 0
-    started = [line.removeprefix("[study] ") for line in log.splitlines() if line.startswith("[study] train")]
+    started = re.findall(r"INFO launch\.study: (train .*)", log)
     # the local backend trains the main run straight through (its branch points are checkpoint steps)
     assert started == ["train capsfusion/wsd-main", "train capsfusion/wsd-64"]
     records = read_results(out / "results.jsonl")
@@ -84,10 +85,10 @@ def test_branches_continue_the_main_runs_data_and_decay_to_their_budget(study):
 def test_a_rerun_redoes_nothing_and_then_only_what_is_missing(study):
     out, path, overrides, _, _ = study
     code, log = run_study(path, overrides)
-    assert code == 0 and "[study] train" not in log and "[study] evaluating" not in log
+    assert code == 0 and "launch.study: train" not in log and "launch.study: evaluating" not in log
     results = out / "results.jsonl"
     kept = [line for line in results.read_text().splitlines() if '"step": 4,' not in line]
     results.write_text("\n".join(kept) + "\n")
     code, log = run_study(path, overrides)
-    assert code == 0 and "[study] train" not in log and "[study] evaluating 1 budget point(s)" in log
+    assert code == 0 and "launch.study: train" not in log and "launch.study: evaluating 1 budget point(s)" in log
     assert len(read_results(results)) == 2

@@ -11,8 +11,8 @@ the previous one.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import sys
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from lmm.training import elastic, frozen_weights
 META_FILE = "meta.json"
 RUN_CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,8 +122,7 @@ def newest_resumable(output_dir: str | Path, verbose: bool = True) -> Path | Non
         if reason is None:
             return checkpoint
         if verbose:
-            print(f"[resume] warning: skipping checkpoint {checkpoint}: {reason}; trying the previous one",
-                  file=sys.stderr, flush=True)
+            log.warning(f"skipping checkpoint {checkpoint}: {reason}; trying the previous one")
     return None
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from lmm.config import ConfigError, ExperimentConfig, check_world_size
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def read_template(path: str | Path) -> dict:
+def read_template(path: str | Path | None) -> dict:
+    """The template's JSON ({} for none); a relative path is the working directory's (``lmm.config.read_yaml``
+    already made a YAML file's own relative path the file's)."""
+    if path is None:
+        return {}
     path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = REPO_ROOT / path
     if not path.is_file():
         raise ConfigError(f"config key 'train.deepspeed_template': no such file {path}")
     return json.loads(path.read_text())

@@ -19,15 +19,17 @@ training process and keeps serving batches, and the training process owns the sh
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from enum import Enum
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # USR2: submitit's default warning
+
+log = logging.getLogger(__name__)
 
 
 class StopOutcome(Enum):
@@ -101,8 +103,7 @@ def requeue(stop: StopRequest, max_requeues: int, is_main: bool) -> StopOutcome:
     job_id = os.environ.get("SLURM_JOB_ID")
     if job_id is None:
         if is_main:
-            print("[preemption] not under Slurm: stopped after the checkpoint; rerun the same command to resume",
-                  file=sys.stderr, flush=True)
+            log.warning("not under Slurm: stopped after the checkpoint; rerun the same command to resume")
         return StopOutcome.NOT_REQUEUED
     outcome = _slurm_requeue(job_id, max_requeues) if is_main else None
     return _agreed(outcome)
@@ -136,22 +137,20 @@ def _slurm_requeue(job_id: str, max_requeues: int) -> StopOutcome:
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     state, now = job_state(job_id)
     if now is not None and now > restarts:
-        print(f"[preemption] job {job_id} was requeued by Slurm (restart {now}): it resumes from this checkpoint",
-              file=sys.stderr, flush=True)
+        log.info(f"job {job_id} was requeued by Slurm (restart {now}): it resumes from this checkpoint")
         return StopOutcome.REQUEUED
     if state is not None and state != "RUNNING":
-        print(f"[preemption] job {job_id} is ending ({state}, e.g. scancel): not requeueing; resubmit to continue "
-              "from the checkpoint", file=sys.stderr, flush=True)
+        log.warning(f"job {job_id} is ending ({state}, e.g. scancel): not requeueing; resubmit to continue "
+                    "from the checkpoint")
         return StopOutcome.NOT_REQUEUED
     if restarts >= max_requeues:
-        print(f"[preemption] job {job_id} already restarted {restarts} times (train.max_requeues={max_requeues}): "
-              "not requeueing; resubmit to continue from the checkpoint", file=sys.stderr, flush=True)
+        log.warning(f"job {job_id} already restarted {restarts} times (train.max_requeues={max_requeues}): "
+                    "not requeueing; resubmit to continue from the checkpoint")
         return StopOutcome.NOT_REQUEUED
-    print(f"[preemption] requeueing job {job_id} (restart {restarts + 1} of at most {max_requeues})",
-          file=sys.stderr, flush=True)
+    log.info(f"requeueing job {job_id} (restart {restarts + 1} of at most {max_requeues})")
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if result.returncode != 0:
-        print(f"[preemption] scontrol requeue {job_id} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+        log.warning(f"scontrol requeue {job_id} failed: {result.stderr.strip()}")
         return StopOutcome.NOT_REQUEUED
     return StopOutcome.REQUEUED
 
@@ -164,7 +163,7 @@ def _submitit_requeue(stop: StopRequest, is_main: bool) -> StopOutcome:
     handler = stop.previous_handler(signum)  # submitit's checkpoint-and-requeue
     if is_main:
         if not callable(handler):
-            print("[preemption] submitit handler missing: not requeued", file=sys.stderr, flush=True)
+            log.warning("submitit handler missing: not requeued")
             return StopOutcome.NOT_REQUEUED
         handler(signum, None)  # raises SystemExit after requeueing (or UncompletedJobError when out of budget)
     raise SystemExit(0)

@@ -19,7 +19,7 @@ RESUMABLE = (  # dotted keys (a trailing "." covers a whole section)
     "train.max_steps", "train.checkpoint_every", "train.checkpoint_at_start", "train.checkpoint_steps",
     "train.log_every",
     "train.max_requeues", "train.collective_timeout_s", "train.tf32", "train.micro_batch_size",
-    "train.deepspeed_template", "train.sample_ledger",
+    "train.deepspeed_template", "train.sample_ledger", "train.peak_tflops",
     "data.num_workers", "data.max_skip_fraction",
     "model.allow_random_frozen", "model.vision.grad_checkpointing", "model.llm.grad_checkpointing",
     "model.llm.attn_implementation",

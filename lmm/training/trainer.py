@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -29,17 +29,21 @@ from lmm.config import (
     stop_step,
     total_steps,
 )
+from lmm.flops import peak_flops_for, training_flops_per_sample
 from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
+from lmm.planning import model_shape
 from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger, schedule
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
 from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
-from lmm.training.metrics import MetricsLogger, ThroughputMeter, mean_across_ranks
+from lmm.training.metrics import MetricsLogger, StepMeter, mean_across_ranks
 from lmm.training.optimizer_groups import parameter_groups
 from lmm.training.preemption import STOP, StopOutcome, StopRequest, forward_to_trainer, requeue
 from lmm.training.run_tokenizer import train_tokenizer_once, with_tokenizer_path
 from lmm.training.sample_ledger import SampleLedger
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -61,7 +65,7 @@ def build_engine(config: ExperimentConfig, model: LMM, world_size: int, is_main:
     groups: weight decay on weight matrices, none on biases, norms, embeddings and learned queries."""
     groups, summary = parameter_groups(model, config.train.weight_decay)
     if is_main:
-        print(json.dumps({"optimizer_groups": summary}), flush=True)
+        log.info("optimizer groups %s", json.dumps({"optimizer_groups": summary}))
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups,
                                            config=ds_config or build_deepspeed_config(config, world_size),
                                            lr_scheduler=schedule.scheduler_factory(config))
@@ -73,13 +77,14 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, engine, logger: MetricsLogger, step: int = 0,
                  consumed_batches: int = 0, data_progress: LoaderProgress | None = None,
-                 stop: StopRequest = STOP, frozen: dict | None = None, ledger: SampleLedger | None = None):
+                 stop: StopRequest = STOP, frozen: dict | None = None, ledger: SampleLedger | None = None,
+                 meter: StepMeter | None = None):
         self.config, self.engine, self.logger, self.stop = config, engine, logger, stop
         self.ledger = ledger or SampleLedger(config.output_dir, 0, enabled=False)
         self.frozen = frozen or frozen_weights.describe(config.model)  # fingerprints of the files loaded
         self.step, self.consumed_batches = step, consumed_batches
         self.data_progress = data_progress or LoaderProgress(config.data.num_workers)
-        self.meter, self.losses, self.history = ThroughputMeter(), [], []
+        self.meter, self.losses, self.history = meter or StepMeter(), [], []
         self.stopped_early = False  # a stop signal ended ``fit`` before the last step (after a checkpoint)
         self.lr = float("nan")  # the LR of the latest update (logged as train/lr)
         self.budget_steps = set(decay_ends(config))  # always checkpointed: the points of the scaling curves
@@ -94,7 +99,9 @@ class Trainer:
         """One optimizer step: forward/backward over ``gradient_accumulation_steps`` micro-batches."""
         keys, self.lr = [], self.engine.get_lr()[0]  # the LR this update trains with
         for _ in range(self.engine.gradient_accumulation_steps()):
+            asked = time.perf_counter()
             batch = next(batches)
+            waited = time.perf_counter() - asked
             if self.ledger.enabled:
                 keys += batch["keys"]
             self.consumed_batches += 1
@@ -103,19 +110,18 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             self.losses.append(loss.detach())
-            self.meter.add(len(batch["input_ids"]), int((batch["labels"] != IGNORE_INDEX).sum()))
+            self.meter.add(len(batch["input_ids"]), int((batch["labels"] != IGNORE_INDEX).sum()),
+                           batch["input_ids"].shape[1], waited)
         self.step += 1
         self.ledger.add(self.step, keys)
 
     def log(self) -> None:
         """Reduce and write the metrics accumulated since the last call (collective)."""
-        samples_per_s, tokens_per_s = self.meter.rates()
         grad_norm = self.engine.get_global_grad_norm()
         scalars = {"train/loss": mean_across_ranks(torch.stack(self.losses).mean().item()),
                    "train/lr": self.lr,
                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                   "perf/samples_per_s": samples_per_s, "perf/tokens_per_s": tokens_per_s,
-                   **self.data_progress.skip_scalars()}
+                   **self.meter.scalars(), **self.data_progress.skip_scalars()}
         self.losses = []
         self.logger.log(scalars, self.samples_seen, self.step)
         self.history.append({"step": self.step, **scalars})
@@ -134,8 +140,8 @@ class Trainer:
         if distributed.detect_env().is_main:
             since_signal = (f"; {time.monotonic() - self.stop.at:.1f} s after the stop signal"
                             if self.stop.at is not None else "")
-            print(f"[checkpoint] step {self.step} saved to {path} in {time.monotonic() - started:.1f} s"
-                  f"{since_signal}", file=sys.stderr, flush=True)
+            log.info("checkpoint: step %d (samples seen %d) saved to %s in %.1f s%s", self.step, self.samples_seen,
+                     path, time.monotonic() - started, since_signal)
 
     def fit(self, batches: Iterator[dict]) -> list[dict]:
         """Train until the epoch ends (or ``train.max_steps``), or until a stop signal; returns the metric history."""
@@ -159,8 +165,7 @@ class Trainer:
             self.log()
         stopping = distributed.any_rank(self.stop.requested)
         if stopping and distributed.detect_env().is_main:
-            print(f"[preemption] stop signal received: checkpointing after step {self.step}", file=sys.stderr,
-                  flush=True)
+            log.warning("stop signal received: checkpointing after step %d", self.step)
         if self.step % t.checkpoint_every == 0 or self.step == last or self.step in self.save_steps or stopping:
             self.save()
         self.stopped_early = stopping and self.step < last
@@ -235,8 +240,11 @@ def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distr
             sample_ledger.inherit(checkpoint.run_dir_of(start.checkpoint), output_dir, start.step)
         sample_ledger.cut_back(output_dir, start.step)
         how = f" on {env.world_size} ranks (re-partitioned)" if start.universal else ""
-        what = "branching from the parent checkpoint" if start.branch else "resuming from"
-        print(f"[resume] {what} {start.checkpoint}{how}", file=sys.stderr, flush=True)
+        what = "branching from the parent checkpoint" if start.branch else "resumed from"
+        samples = start.step * config.train.global_batch_size
+        log.info("%s %s (step %d, samples seen %d)%s", what, start.checkpoint, start.step, samples, how)
+    else:
+        log.info("starting from scratch in %s", output_dir)
     write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
 
 
@@ -246,7 +254,9 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     (config, world size, changed config or weights) happens before anything is written."""
     env = distributed.init_distributed(config.train.collective_timeout_s)
     distributed.start_heartbeat(env)
-    check_world_size(config, env.world_size)
+    accumulation = check_world_size(config, env.world_size)
+    if env.is_main:
+        log.info(describe_run(config, env.world_size, accumulation))
     output_dir = Path(config.output_dir)
     pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)
     config = with_tokenizer_path(config)
@@ -266,10 +276,10 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     model = build_lmm(config.model, tokenizer, precision_dtype(config.train.precision),
                       zero3_config=ds_config if config.train.zero_stage == 3 else None)
     if env.is_main:
-        print(json.dumps({"held_after_build": held_parameters(model)}), flush=True)
+        log.info("held after build %s", json.dumps({"held_after_build": held_parameters(model)}))
     engine = build_engine(config, model, env.world_size, env.is_main, ds_config)
     if env.is_main:
-        print(json.dumps({"parameters": parameter_counts(model)}), flush=True)
+        log.info("parameters %s", json.dumps({"parameters": parameter_counts(model)}))
 
     state = {"step": 0, "consumed_batches": 0}
     if start is not None:
@@ -288,17 +298,41 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
         shuffle_buffer=d.shuffle_buffer, positions=positions, consumed_batches=state["consumed_batches"],
         carry=carry_for_rank(data_state, env.rank))
-    logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main)
+    logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main, total_steps=stop_step(config))
     ledger = SampleLedger(output_dir, env.rank, config.train.sample_ledger)
     progress = LoaderProgress(d.num_workers, positions, d.max_skip_fraction,
                               carry=data_state.get("carry") if data_state else None)
     trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"], progress, frozen=frozen,
-                      ledger=ledger)
+                      ledger=ledger, meter=step_meter(config, engine.device))
+    started = time.monotonic()
     try:
         history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device,
                                                       worker_init_fn=forward_to_trainer)))
     finally:
         logger.close()
+    if env.is_main:
+        how = "stopped early" if trainer.stopped_early else "finished"
+        log.info("%s at step %d of %d (samples seen %d) after %.0f s; outputs in %s (checkpoints/, tensorboard/, "
+                 "%s)", how, trainer.step, stop_step(config), trainer.samples_seen, time.monotonic() - started,
+                 output_dir, RUN_CONFIG_FILE)
     if not trainer.stopped_early:
         return history, None
     return history, requeue(trainer.stop, config.train.max_requeues, env.is_main)
+
+
+def describe_run(config: ExperimentConfig, world_size: int, accumulation: int) -> str:
+    """The run in one line: what it trains on, its batch split, schedule and ZeRO stage, and the config digest."""
+    t, d = config.train, config.data
+    return (f"run {config.run_name}: {d.caption_source} captions, {budget_samples(config)} samples in "
+            f"{total_steps(config)} steps of {t.global_batch_size} (= {t.micro_batch_size} per rank x "
+            f"{accumulation} accumulation x {world_size} ranks), {t.schedule} schedule to lr {t.lr:g}, ZeRO-"
+            f"{t.zero_stage}, {t.precision}; config digest {config.digest()}; output {config.output_dir}")
+
+
+def step_meter(config: ExperimentConfig, device: torch.device) -> StepMeter:
+    """The meter of the perf/* metrics: model FLOPs per sample at a padded length (the run's shapes, built on the
+    meta device), and the device's peak FLOP/s when known."""
+    shape = model_shape(config)
+    peak = (config.train.peak_tflops * 1e12 if config.train.peak_tflops
+            else peak_flops_for(torch.cuda.get_device_name(device)) if torch.device(device).type == "cuda" else None)
+    return StepMeter(lambda seq_len: training_flops_per_sample(replace(shape, seq_len=seq_len)), peak)

@@ -268,3 +268,19 @@ def test_pretrain_exits_2_before_writing(tmp_path, yaml_text, overrides, message
     assert time.monotonic() - start < 10  # ~0.2 s: no torch/deepspeed import before the config is checked
     assert "config error: " in done.stderr and message in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_deepspeed_template_is_found_from_any_directory(tmp_path, monkeypatch):
+    """A YAML file's template path is relative to that file; an override's to the working directory; none is
+    needed (DeepSpeed's defaults plus what the experiment config owns)."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(REPO_ROOT / "configs/demo.yaml")
+    assert config.train.deepspeed_template == str(REPO_ROOT / "configs/deepspeed/zero2.json")
+    assert build_deepspeed_config(config, 2)["zero_optimization"]["reduce_bucket_size"] == 50_000_000
+    (tmp_path / "knobs.json").write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 7}}))
+    moved = load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=knobs.json"])
+    assert build_deepspeed_config(moved, 2)["zero_optimization"] == {"reduce_bucket_size": 7, "stage": 2}
+    bare = build_deepspeed_config(load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=null"]), 2)
+    assert bare["zero_optimization"] == {"stage": 2} and bare["train_batch_size"] == 32
+    with pytest.raises(ConfigError, match="'train.deepspeed_template': no such file"):
+        build_deepspeed_config(load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=x.json"]), 2)

@@ -61,6 +61,12 @@ def trained_tensors(checkpoint):
                                                     exclude_frozen_parameters=True)
 
 
+def logged_json(log: str, key: str):
+    """The value of ``key`` in the first log line that carries ``{"<key>": ...}`` (the trainer's start-up records)."""
+    line = next(line for line in log.splitlines() if f'{{"{key}"' in line)
+    return json.loads(line[line.index(f'{{"{key}"'):])[key]
+
+
 def test_lean_checkpoints_hold_only_the_trained_tensors(lean_zero3_run):
     out, llama, clip, stdout = lean_zero3_run
     steps = [c.name for c in complete_checkpoints(out)]
@@ -80,19 +86,17 @@ def test_lean_checkpoints_hold_only_the_trained_tensors(lean_zero3_run):
     assert not model_states.get("frozen_param_shapes")  # DeepSpeed wrote no frozen tensor
     assert all(name.startswith("bridge.") or name.endswith(".new_rows") for name in model_states["param_shapes"][0])
 
-    counts = next(json.loads(line)["parameters"] for line in stdout.splitlines() if line.startswith('{"parameters"'))
+    counts = logged_json(stdout, "parameters")
     assert counts["total/trainable"] == sum(t.numel() for t in last.values())
     # the planner's checkpoint accounting holds on the real files: 12 bytes per trained parameter, nothing frozen
     written = sum(tensor_bytes(torch.load(f, map_location="cpu", weights_only=False))
                   for f in complete_checkpoints(out)[-1].glob("*.pt"))
     expected = checkpoint_bytes(counts["total/trainable"], counts["total/frozen"], "fp32", 3, lean=True)
     assert expected <= written <= 1.05 * expected
-    held = next(json.loads(line)["held_after_build"] for line in stdout.splitlines()
-                if line.startswith('{"held_after_build"'))
+    held = logged_json(stdout, "held_after_build")
     for part in ("vision", "llm"):  # partitioned while it was built: rank 0 never held the whole pretrained part
         assert held[part]["held"] <= 0.55 * held[part]["total"], (part, held[part])
-    groups = next(json.loads(line)["optimizer_groups"] for line in stdout.splitlines()
-                  if line.startswith('{"optimizer_groups"'))
+    groups = logged_json(stdout, "optimizer_groups")
     assert groups["decay"]["parameters"] + groups["no_decay"]["parameters"] == counts["total/trainable"]
 
 

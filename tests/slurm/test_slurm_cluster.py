@@ -107,6 +107,9 @@ def wait_for_log(log: Path, text: str, after: str = "", timeout: float = 240) ->
     raise AssertionError(f"'{text}' never appeared in {log}:\n{content[-3000:]}")
 
 
+STEP_LINE = re.compile(r"lmm\.training\.metrics: step (\d+)/")  # a metrics line (lmm.training.metrics)
+
+
 def logged_steps(log: Path) -> list[int]:
     return [step for segment in steps_per_start(log) for step in segment]
 
@@ -117,8 +120,8 @@ def steps_per_start(log: Path) -> list[list[int]]:
     for line in log.read_text().splitlines():
         if line.startswith("[launch] job "):
             segments.append([])
-        elif line.startswith("step "):
-            segments[-1].append(int(line.split()[1]))
+        elif step := STEP_LINE.search(line):
+            segments[-1].append(int(step.group(1)))
     return segments
 
 
@@ -171,7 +174,7 @@ def test_preempted_job_checkpoints_requeues_resumes_and_matches_uninterrupted(un
     overrides = run_overrides(demo_world, out, "train.max_requeues=1", "train.sample_ledger=true")
     job = sbatch(out, overrides)
 
-    wait_for_log(log, "step 2 ")
+    wait_for_log(log, "metrics: step 2/")
     requeued_at = time.monotonic()
     slurm("scontrol", "requeue", job)
     wait_for_log(log, "after the stop signal")
@@ -280,7 +283,7 @@ def test_the_readme_smoke_run_works_as_written(cluster):
 def test_a_dead_rank_fails_the_job_within_two_minutes(cluster, demo_world, tmp_path):
     out = tmp_path / "dead-rank"
     job = sbatch(out, run_overrides(demo_world, out))
-    wait_for_log(Path(f"{out}.log"), "step 1 ")
+    wait_for_log(Path(f"{out}.log"), "metrics: step 1/")
     victims = [pid for pid in _pids_of_run(out) if _environ(pid).get("SLURM_PROCID") == "1"]
     assert victims, "rank 1 not found"
     started = time.monotonic()
@@ -304,12 +307,12 @@ def test_submitit_job_is_preempted_requeued_and_resumed_by_submitit(uninterrupte
     out = tmp_path / "submitit-run"
     job = submit_pretrain(str(REPO_ROOT / "configs/capsfusion_10m.yaml"), run_overrides(demo_world, out), options)
     log = tmp_path / "submitit" / job.job_id / f"{job.job_id}_0_log.out"
-    wait_for_log(log, "step 2 ")
+    wait_for_log(log, "metrics: step 2/")
     slurm("scancel", "--signal=USR2", job.job_id)
     assert job.results() == [0, 0]
     text = log.read_text()
     assert "Requeued job" in text, text[-3000:]
-    steps = [int(line.split()[1]) for line in text.splitlines() if line.startswith("step ")]
+    steps = [int(step.group(1)) for step in STEP_LINE.finditer(text)]
     assert steps == list(range(1, STEPS + 1))
     assert_same_weights(final_weights(base_out), final_weights(out))
 
@@ -391,10 +394,10 @@ def test_a_study_is_submitted_with_dependencies_once_and_ends_with_its_plot(clus
         return log.getvalue()
 
     first = study("run")
-    assert first.count("[study] submitted") == 6, first  # 3 training legs/branches, 2 evals, the plot
+    assert first.count("launch.study: submitted") == 6, first  # 3 training legs/branches, 2 evals, the plot
     assert "train capsfusion/wsd-64 (job" in first and " after " in first
     again = study("run")
-    assert "[study] submitted" not in again and again.count("[study] queued") == 5, again
+    assert "launch.study: submitted" not in again and again.count("launch.study: queued") == 5, again
     ids = [entry["job_id"] for entry in json.loads((out / "study.json").read_text())["jobs"].values()]
     for job in ids:
         assert wait_for_end(job, timeout=420)[0] == "COMPLETED", job
@@ -403,6 +406,6 @@ def test_a_study_is_submitted_with_dependencies_once_and_ends_with_its_plot(clus
         time.sleep(1)
     assert (out / "scaling.png").is_file(), sorted(p.name for p in (out / "logs").iterdir())
     final = study("run")
-    assert final.count("[study] done") == 5 and "[study] submitted" not in final
+    assert final.count("launch.study: done") == 5 and "launch.study: submitted" not in final
     status = study("status")
     assert "eval capsfusion/wsd-64 step 4" in status and "done" in status
