@@ -8,7 +8,7 @@
     dataclasses (``pip install omegaconf``; skipped when absent);
 (d) loader state: our loader positions vs torchdata's ``StatefulDataLoader`` (``pip install torchdata``; skipped when
     absent) on our ``CaptionStream`` with workers: exact mid-epoch restore, time to the first batch after it, and a
-    restore on another number of workers / ranks (our ``progress.reshard``).
+    restore on another number of workers / ranks (our ``lmm.training.loader_state.reshard``).
 
     PYTHONPATH=. .venv/bin/python benchmarks/library_review.py [--images 5000] [--meteor-images 1000]
         [--shards 4 --per-shard 1000 --resume-at 900] [--loader-batches 150] [--only tar,metrics,config,loader]
@@ -374,10 +374,7 @@ def loader_review(args, folder: Path) -> None:
 
     from data_pipeline.loader import Collator
     from data_pipeline.manifest import EpochPlan, Piece
-    try:
-        from data_pipeline.progress import LoaderProgress, reshard
-    except ImportError:  # moved
-        from lmm.training.loader_state import LoaderProgress, reshard
+    from lmm.training.loader_state import LoaderProgress, reshard
     logging.getLogger("torchdata").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 3 workers on a 2-core machine
     urls = sorted(str(p) for p in folder.glob("shard-*.tar")) or write_shards(folder, args.shards, args.per_shard,
