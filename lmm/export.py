@@ -11,29 +11,30 @@ A DeepSpeed checkpoint of any ZeRO stage and world size is consolidated with Dee
     <out>/vision/           model.safetensors in open_clip's layout (visual.trunk.*; loads as model.vision.pretrained)
                             + config.json (open_clip model name, feature choice)
 
-``load_exported(out)`` rebuilds the LMM from these parts through the same builders training uses. Both directions
-load under ``lmm.safe_loading.safe_loading`` (the checkpoint through ``load_eval_model``): weights only.
+This module writes the format; ``lmm.eval.loading`` reads it (``read_export``, ``load_exported(out)``: the LMM
+rebuilt from these parts through the same builders training uses) and owns the marker's name and format string,
+so the dependency runs one way (export -> eval.loading). ``read_export`` and ``load_exported`` are re-exported
+here for callers of the export API. Both directions load under ``lmm.safe_loading.safe_loading`` (the checkpoint
+through ``load_eval_model``): weights only.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lmm.config import config_from_dict
 from data_pipeline.files import write_json_atomic
-from lmm.models.lmm import LMM, build_lmm, precision_dtype
+from lmm.eval.loading import (EXPORT_FORMAT, EXPORT_MARKER, load_eval_model, load_exported, read_export,
+                              saved_run_config)
+from lmm.models.lmm import precision_dtype
 from lmm.models.marker_rows import merge_marker_rows
-from lmm.models.weights import check_tensor_shapes, state_shapes
-from lmm.safe_loading import safe_loading
-from data_pipeline.tokenizer import CaptionTokenizer
 
-EXPORT_MARKER = "lmm_export.json"
-EXPORT_FORMAT = "lmm-export/1"
+__all__ = ["EXPORT_FORMAT", "EXPORT_MARKER", "export_checkpoint", "load_exported", "read_export"]
+
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -45,8 +46,6 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the consolidated parts of one complete checkpoint to ``out_dir``; returns the marker file."""
-    from lmm.eval.loading import load_eval_model, saved_run_config
-
     config = config_from_dict(saved_run_config(checkpoint_dir))
     # one build: frozen parts in the run's precision from their files, trained parts (fp32) from the checkpoint
     loaded = load_eval_model(checkpoint_dir, precision_dtype(config.train.precision))
@@ -72,36 +71,3 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
                         "vision": f"vision/{WEIGHTS_FILE}"}}
     write_json_atomic(out / EXPORT_MARKER, marker)
     return out / EXPORT_MARKER
-
-
-def read_export(out_dir: str | Path) -> dict:
-    """The export's marker (format, checkpoint meta, run config); FileNotFoundError/ValueError if not an export."""
-    marker = Path(out_dir) / EXPORT_MARKER
-    if not marker.is_file():
-        raise FileNotFoundError(f"{out_dir} is not a complete export ({EXPORT_MARKER} missing)")
-    data = json.loads(marker.read_text())
-    if data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{marker}: unsupported format {data.get('format')!r} (expected {EXPORT_FORMAT})")
-    return data
-
-
-def load_exported(out_dir: str | Path) -> tuple[LMM, CaptionTokenizer]:
-    """The exported LMM (eval mode, fp32, on CPU) and its tokenizer, built by the training code's builders."""
-    out = Path(out_dir)
-    data = read_export(out)
-    model_config = config_from_dict(data["config"]).model
-    tokenizer = CaptionTokenizer(out / data["parts"]["tokenizer"])
-    model_config = dataclasses.replace(
-        model_config,
-        vision=dataclasses.replace(model_config.vision, pretrained=str(out / data["parts"]["vision"]),
-                                   grad_checkpointing=False),
-        llm=dataclasses.replace(model_config.llm, pretrained=str(out / data["parts"]["llm"]),
-                                grad_checkpointing=False),
-        tokenizer=dataclasses.replace(model_config.tokenizer, path=str(tokenizer.model_file)))
-    with safe_loading():  # the marker may name a pickled vision file
-        model = build_lmm(model_config, tokenizer)
-    bridge_file = out / data["parts"]["bridge"]
-    bridge_state = load_file(str(bridge_file))
-    check_tensor_shapes(state_shapes(model.bridge.state_dict()), state_shapes(bridge_state), str(bridge_file))
-    model.bridge.load_state_dict(bridge_state, strict=True)
-    return model.eval(), tokenizer

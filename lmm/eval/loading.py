@@ -3,27 +3,41 @@
 A DeepSpeed checkpoint (``<run>/checkpoints/global_stepN`` with ``meta.json``) is built once: the model from the
 run's saved ``config.json`` with its frozen parts read from their pretrained files in the eval dtype (after
 ``frozen_weights.verify`` proved them unchanged), then the checkpoint's weights -- only the trained ones for a lean
-checkpoint -- consolidated with DeepSpeed's own ``zero_to_fp32``, whatever the stage and the training world size.
-A directory holding ``lmm_export.json`` is an exported model and goes through ``lmm.export.load_exported``; its
-run identity comes from that file's ``meta`` (or top level) and its eval protocol from the ``config`` it carries,
-if any. Either loads under ``lmm.safe_loading.safe_loading``: weights only; a file that pickles anything else
-raises UnsafeCheckpointError naming it, its code never runs.
+checkpoint -- consolidated with DeepSpeed's own ``zero_to_fp32``, whatever the stage and the training world size
+(what it prints for every checkpoint is swallowed, unless it fails; one log line says what was loaded).
+A directory holding ``lmm_export.json`` is an exported model: this module owns reading that format
+(``read_export``, ``load_exported``) -- ``lmm.export`` owns writing it and imports the marker from here, so the
+dependency runs one way (export -> loading). An export's run identity comes from its marker's ``meta`` (or top
+level) and its eval protocol from the ``config`` it carries, if any. Either loads under
+``lmm.safe_loading.safe_loading``: weights only; a file that pickles anything else raises UnsafeCheckpointError
+naming it, its code never runs.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
+import logging
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from lmm.config import config_from_dict
-from lmm.export import EXPORT_MARKER, load_exported
 from lmm.models.lmm import LMM, build_lmm
+from lmm.models.weights import check_tensor_shapes, state_shapes
 from lmm.safe_loading import safe_loading
 from data_pipeline.tokenizer import CaptionTokenizer
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE, CheckpointMeta, read_meta
+
+log = logging.getLogger(__name__)
+
+EXPORT_MARKER = "lmm_export.json"  # an export's marker file, written last by ``lmm.export``
+EXPORT_FORMAT = "lmm-export/1"
 
 
 @dataclass
@@ -84,8 +98,9 @@ def _load_deepspeed(checkpoint: Path, dtype: torch.dtype) -> EvalModel:
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     model = build_lmm(config.model, tokenizer, dtype)
     # lazy: the optimizer files stay memory-mapped and each tensor is consolidated as it is copied in
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
-                                                     exclude_frozen_parameters=lean, lazy_mode=True)
+    with _quiet():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
+                                                         exclude_frozen_parameters=lean, lazy_mode=True)
     own = model.state_dict()
     frozen = {name for name, param in model.named_parameters() if not param.requires_grad} if lean else set()
     unexpected, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state) - frozen)
@@ -96,12 +111,62 @@ def _load_deepspeed(checkpoint: Path, dtype: torch.dtype) -> EvalModel:
         for name, tensor in state.items():
             own[name].copy_(tensor.contiguous())
     del state
-    return EvalModel(model.eval(), tokenizer, read_meta(checkpoint), checkpoint)
+    meta = read_meta(checkpoint)
+    log.info("loaded %s (step %d, ZeRO-%d%s) in %s", checkpoint, meta.step, meta.zero_stage,
+             ", trained weights only" if lean else "", str(dtype).removeprefix("torch."))
+    return EvalModel(model.eval(), tokenizer, meta, checkpoint)
+
+
+def read_export(out_dir: str | Path) -> dict:
+    """The export's marker (format, checkpoint meta, run config); FileNotFoundError/ValueError if not an export."""
+    marker = Path(out_dir) / EXPORT_MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{out_dir} is not a complete export ({EXPORT_MARKER} missing)")
+    data = json.loads(marker.read_text())
+    if data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{marker}: unsupported format {data.get('format')!r} (expected {EXPORT_FORMAT})")
+    return data
+
+
+def load_exported(out_dir: str | Path) -> tuple[LMM, CaptionTokenizer]:
+    """The exported LMM (eval mode, fp32, on CPU) and its tokenizer, built by the training code's builders."""
+    out = Path(out_dir)
+    data = read_export(out)
+    model_config = config_from_dict(data["config"]).model
+    tokenizer = CaptionTokenizer(out / data["parts"]["tokenizer"])
+    model_config = dataclasses.replace(
+        model_config,
+        vision=dataclasses.replace(model_config.vision, pretrained=str(out / data["parts"]["vision"]),
+                                   grad_checkpointing=False),
+        llm=dataclasses.replace(model_config.llm, pretrained=str(out / data["parts"]["llm"]),
+                                grad_checkpointing=False),
+        tokenizer=dataclasses.replace(model_config.tokenizer, path=str(tokenizer.model_file)))
+    with safe_loading():  # the marker may name a pickled vision file
+        model = build_lmm(model_config, tokenizer)
+    bridge_file = out / data["parts"]["bridge"]
+    bridge_state = load_file(str(bridge_file))
+    check_tensor_shapes(state_shapes(model.bridge.state_dict()), state_shapes(bridge_state), str(bridge_file))
+    model.bridge.load_state_dict(bridge_state, strict=True)
+    return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Swallow what ``zero_to_fp32`` prints for every checkpoint (bare prints: "Processing zero checkpoint ...",
+    "Detected checkpoint of type zero stage ...", and two progress bars on stderr); shown after all if it fails."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
 
 
 def _load_export(path: Path) -> EvalModel:
     model, tokenizer = load_exported(path)
-    info = json.loads((path / EXPORT_MARKER).read_text())
+    info = read_export(path)
+    log.info("loaded export %s", path)
     source = info.get("meta", info)
     defaults = {"run_name": path.name, "caption_source": "unknown", "num_samples": 0, "step": 0,
                 "samples_seen": 0, "zero_stage": -1, "config_digest": ""}

@@ -21,8 +21,7 @@ from launch.evaluate import main as evaluate_main
 from launch.export import main as export_main
 from launch.local import torchrun
 from lmm.config import config_from_dict
-from lmm.eval.loading import load_eval_model, saved_run_config
-from lmm.export import EXPORT_MARKER, load_exported, read_export
+from lmm.eval.loading import EXPORT_MARKER, load_eval_model, load_exported, read_export, saved_run_config
 from lmm.models.bridge import CausalBridge
 from lmm.models.lmm import LMM, GenerationSettings
 from lmm.models.vision import VisionTower
