@@ -109,7 +109,7 @@ def main() -> int:
     if "RANK" in os.environ:
         run_rank(args)
         return 0
-    from launch.local import torchrun
+    from lmm.torchrun import torchrun
     with tempfile.TemporaryDirectory() as workdir:
         torchrun(args.nproc, __file__, ["--steps", str(args.steps), "--rounds", str(args.rounds),
                                         "--workdir", workdir, *args.overrides])

@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from launch import study as lmm_study
     from lmm.config import ConfigError
     from lmm.study import FAMILIES, load_study
+    from lmm.study_runner import Study
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", default="configs/study_demo.yaml")
@@ -197,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     code = lmm_study.main(["run", args.study, "--backend", "local", "--nproc", str(args.nproc), *overrides])
     if code == 2:
         return 2
-    complete = report(lmm_study.Study(args.study, overrides), time.time() - start)
+    complete = report(Study(args.study, overrides), time.time() - start)
     if args.seed_check is not None:
         replicate = [o for o in overrides if not o.startswith(("output_dir=", "schedules="))]
         replicate += ["schedules=[cosine]", f"output_dir={out / f'seed{args.seed_check}'}",
                       f"seed={args.seed_check}", f"data.seed={args.seed_check}"]
         code |= lmm_study.main(["run", args.study, "--backend", "local", "--nproc", str(args.nproc), *replicate])
-        seed_report(lmm_study.Study(args.study, overrides), lmm_study.Study(args.study, replicate), args.seed_check)
+        seed_report(Study(args.study, overrides), Study(args.study, replicate), args.seed_check)
     return 1 if code or not complete else 0
 
 

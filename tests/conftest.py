@@ -95,7 +95,7 @@ def seeded():
 @pytest.fixture(scope="session")
 def zero3_run(demo_world, tmp_path_factory) -> Path:
     """One tiny 2-rank ZeRO-3 run per session (torchrun): complete checkpoints at steps 0, 1 and 2."""
-    from launch.local import torchrun
+    from lmm.torchrun import torchrun
 
     run_dir = tmp_path_factory.mktemp("zero3") / "run"
     torchrun(2, "launch.pretrain", ["--config", str(REPO_ROOT / "configs/demo.yaml"),

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO_ROOT, tiny_overrides
-from launch.local import torchrun
+from lmm.torchrun import torchrun
 from launch.check_ledger import planned_keys
 from lmm.training import sample_ledger
 from lmm.training.checkpoint import complete_checkpoints, read_meta

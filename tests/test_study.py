@@ -8,13 +8,14 @@ import re
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, tiny_overrides
 from launch.check_ledger import main as check_ledger
-from launch.study import Study, main as study_main
+from launch.study import main as study_main
 from lmm.eval.results import read_results
 from lmm.study import samples_processed
+from lmm.study_runner import Study
 from lmm.training import sample_ledger
 from lmm.training.checkpoint import complete_checkpoints, read_meta
 
@@ -50,7 +51,7 @@ def study(demo_world, tmp_path_factory):
 def test_the_study_trains_legs_and_branches_then_evaluates_every_budget_point(study):
     out, path, overrides, code, log = study
     assert code == 0
-    started = re.findall(r"INFO launch\.study: (train .*)", log)
+    started = re.findall(r"INFO lmm\.study_runner: (train .*)", log)
     # the local backend trains the main run straight through (its branch points are checkpoint steps)
     assert started == ["train capsfusion/wsd-main", "train capsfusion/wsd-64"]
     records = read_results(out / "results.jsonl")
@@ -85,10 +86,10 @@ def test_branches_continue_the_main_runs_data_and_decay_to_their_budget(study):
 def test_a_rerun_redoes_nothing_and_then_only_what_is_missing(study):
     out, path, overrides, _, _ = study
     code, log = run_study(path, overrides)
-    assert code == 0 and "launch.study: train" not in log and "launch.study: evaluating" not in log
+    assert code == 0 and "lmm.study_runner: train" not in log and "lmm.study_runner: evaluating" not in log
     results = out / "results.jsonl"
     kept = [line for line in results.read_text().splitlines() if '"step": 4,' not in line]
     results.write_text("\n".join(kept) + "\n")
     code, log = run_study(path, overrides)
-    assert code == 0 and "launch.study: train" not in log and "launch.study: evaluating 1 budget point(s)" in log
+    assert code == 0 and "lmm.study_runner: train" not in log and "lmm.study_runner: evaluating 1 budget point(s)" in log
     assert len(read_results(results)) == 2

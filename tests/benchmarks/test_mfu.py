@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT, TINY_OVERRIDES
-from launch.local import free_port
+from lmm.torchrun import free_port
 from lmm.config import load_config
 from lmm.flops import training_flops_per_sample
 from lmm.planning import model_shape

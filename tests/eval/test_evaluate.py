@@ -1,14 +1,17 @@
 """The eval command on a real 2-rank ZeRO-3 checkpoint: evaluated on 1 rank and on 2 ranks, every benchmark
-format, result records, replacement, tensorboard scalars and the custom-scalars layout."""
+format, result records, replacement with --force, a job run twice repeating nothing, tensorboard scalars (one
+point per tag and step) and the custom-scalars layout."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from launch.evaluate import main as evaluate
-from launch.local import torchrun
+from lmm.torchrun import torchrun
 from lmm.eval.results import REQUIRED_FIELDS, read_results
 
 FAST = ["eval.meteor=false", "eval.batch_size=1"]  # batch 1: captions cannot depend on how ranks batch images

@@ -9,8 +9,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from launch.plot import figure
 from launch.plot import main as plot_main
+from lmm.eval.plotting import figure
 from lmm.eval.results import upsert_result
 from lmm.eval.scaling import curves, fit_saturating_power_law, runs, scaling_points, schedule_fields
 

@@ -10,7 +10,7 @@ import torch
 from conftest import REPO_ROOT, tiny_overrides
 from launch.evaluate import main as evaluate_main
 from launch.export import main as export_main
-from launch.local import torchrun
+from lmm.torchrun import torchrun
 from lmm.config import VisionConfig
 from lmm.eval.loading import load_eval_model
 from lmm.models.vision import build_vision_tower

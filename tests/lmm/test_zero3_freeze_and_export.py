@@ -19,7 +19,7 @@ from transformers import LlamaForCausalLM
 from conftest import REPO_ROOT, frozen_pretrained_overrides, tiny_overrides
 from launch.evaluate import main as evaluate_main
 from launch.export import main as export_main
-from launch.local import torchrun
+from lmm.torchrun import torchrun
 from lmm.config import config_from_dict
 from lmm.eval.loading import EXPORT_MARKER, load_eval_model, load_exported, read_export, saved_run_config
 from lmm.models.bridge import CausalBridge

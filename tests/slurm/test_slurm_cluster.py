@@ -394,10 +394,10 @@ def test_a_study_is_submitted_with_dependencies_once_and_ends_with_its_plot(clus
         return log.getvalue()
 
     first = study("run")
-    assert first.count("launch.study: submitted") == 6, first  # 3 training legs/branches, 2 evals, the plot
+    assert first.count("lmm.study_runner: submitted") == 6, first  # 3 training legs/branches, 2 evals, the plot
     assert "train capsfusion/wsd-64 (job" in first and " after " in first
     again = study("run")
-    assert "launch.study: submitted" not in again and again.count("launch.study: queued") == 5, again
+    assert "lmm.study_runner: submitted" not in again and again.count("lmm.study_runner: queued") == 5, again
     ids = [entry["job_id"] for entry in json.loads((out / "study.json").read_text())["jobs"].values()]
     for job in ids:
         assert wait_for_end(job, timeout=420)[0] == "COMPLETED", job
@@ -406,6 +406,6 @@ def test_a_study_is_submitted_with_dependencies_once_and_ends_with_its_plot(clus
         time.sleep(1)
     assert (out / "scaling.png").is_file(), sorted(p.name for p in (out / "logs").iterdir())
     final = study("run")
-    assert final.count("launch.study: done") == 5 and "launch.study: submitted" not in final
+    assert final.count("lmm.study_runner: done") == 5 and "lmm.study_runner: submitted" not in final
     status = study("status")
     assert "eval capsfusion/wsd-64 step 4" in status and "done" in status
