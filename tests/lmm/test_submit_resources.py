@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from launch import submit
-from launch.submit import SubmitOptions, check_resources, fit_to_cluster, fitting_cpus_per_task, parse_sinfo
+from launch.submit import SubmitOptions, check_resources, fit_to_cluster, fitting_cpus_per_task
+from lmm import cluster
+from lmm.cluster import parse_sinfo
 from lmm.config import ConfigError
 
 # sinfo -h -N -o SINFO_FORMAT: gpu002 is in two partitions, gpu is the default one
@@ -63,7 +65,7 @@ def test_cpus_per_task_defaults_to_8_or_what_the_smallest_node_has_per_task():
 
 
 def test_without_sinfo_nothing_is_checked(monkeypatch):
-    monkeypatch.setattr(submit.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cluster.shutil, "which", lambda name: None)
     assert fit_to_cluster(SubmitOptions(nodes=100)).cpus_per_task == 8
     assert fit_to_cluster(SubmitOptions(executor="local", nodes=100)).nodes == 100
 
