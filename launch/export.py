@@ -8,11 +8,17 @@ Exit 2 when the checkpoint's frozen weight files changed or one of its files pic
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from lmm import logs
+
+log = logging.getLogger(__name__)
+
 
 def main(argv: list[str] | None = None) -> int:
+    logs.setup()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, help="checkpoint or run directory")
     parser.add_argument("out", type=Path, help="export directory")
@@ -31,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FrozenWeightsError, UnsafeCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {found[-1]} -> {marker.parent}", flush=True)
+    log.info("exported %s -> %s", found[-1], marker.parent)
     return 0
 
 

@@ -1,11 +1,12 @@
 """Checkpoint watcher: evaluate each complete checkpoint of a run once, as it lands.
 
-A checkpoint counts once its ``meta.json`` exists (written last, atomically), so a half-written one is never
-read. Whether a checkpoint is done is asked of the results store (``is_done``), so a restarted watcher repeats
-nothing. The watcher stops when the run's final checkpoint (the epoch's last step, from the run's
-``config.json``) is evaluated, when a checkpoint at or past ``stop_after_step`` exists and every checkpoint up to
-it is evaluated, or after ``idle_timeout`` seconds without a new checkpoint. Under several ranks, rank 0 decides
-each poll and ``sync`` hands its decision to every rank, so all ranks evaluate the same checkpoints together.
+A checkpoint counts once its ``meta.json`` exists (written last, atomically), so a half-written one is never read.
+Whether a checkpoint is done is asked of the results store (``is_done``: ``lmm.eval.evaluator``'s, the rule a plain
+eval job follows too), so a restarted watcher repeats nothing. The watcher stops when the run's final checkpoint
+(the epoch's last step, from the run's ``config.json``) is evaluated, when a checkpoint at or past
+``stop_after_step`` exists and every checkpoint up to it is evaluated, or after ``idle_timeout`` seconds without a
+new checkpoint. Under several ranks, rank 0 decides each poll and ``sync`` hands its decision to every rank, so all
+ranks evaluate the same checkpoints together.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def test_two_ranks_give_the_same_result_and_replace_the_record(zero3_run, tmp_pa
     assert evaluate(["--checkpoint", str(zero3_run), "--results", str(results), *FAST]) == 0  # every checkpoint
     one_rank = by_step(results)
     assert sorted(one_rank) == [0, 1, 2]
-    torchrun(2, "launch.evaluate", ["--checkpoint", str(zero3_run / "checkpoints" / "global_step2"),
+    torchrun(2, "launch.evaluate", ["--checkpoint", str(zero3_run / "checkpoints" / "global_step2"), "--force",
                                     "--results", str(results), *FAST], capture=True, timeout=600)
     two_ranks = by_step(results)
     assert len(read_results(results)) == 3  # replaced, not appended
@@ -56,7 +56,7 @@ def test_two_ranks_give_the_same_result_and_replace_the_record(zero3_run, tmp_pa
 
     events = EventAccumulator(str(zero3_run / "tensorboard" / "eval"), size_guidance={"tensors": 0})
     events.Reload()
-    assert sorted({e.step for e in events.Scalars("eval/demo_world_test/CIDEr")}) == [0, 16, 32]  # samples seen
+    assert sorted(e.step for e in events.Scalars("eval/demo_world_test/CIDEr")) == [0, 16, 32]  # samples seen, once
     assert "eval/demo_world_test/Bleu_4" in events.Tags()["scalars"]
     layout = custom_scalars_layout(events)
     chart = next(c for cat in layout.category if cat.title == "eval CIDEr" for c in cat.chart)
@@ -112,9 +112,52 @@ def test_bad_requests_fail_before_loading(zero3_run, tmp_path, capsys):
         evaluate([])
 
 
+def points_per_tag_and_step(log_dir) -> Counter:
+    """How many events tensorboard reads for each (tag, step), scalars and tensors (the layout) alike."""
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    return Counter([(tag, e.step) for tag in tags["scalars"] for e in events.Scalars(tag)]
+                   + [(tag, e.step) for tag in tags["tensors"] for e in events.Tensors(tag)])
+
+
+def test_a_job_run_twice_repeats_nothing_and_force_redoes_without_duplicate_points(zero3_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(zero3_run, run, ignore=shutil.ignore_patterns("tensorboard", "eval_results.jsonl*"))
+    checkpoint, results, log_dir = run / "checkpoints" / "global_step1", run / "eval_results.jsonl", \
+        run / "tensorboard" / "eval"
+    args = ["--checkpoint", str(checkpoint), *FAST, "eval.max_images=4"]
+    assert evaluate(args) == 0  # default results file: the run's own
+    [first] = read_results(results)
+    points = points_per_tag_and_step(log_dir)
+    assert ("eval/demo_world_test/CIDEr", 16) in points and set(points.values()) == {1}
+    capsys.readouterr()
+
+    assert evaluate(args) == 0  # the same job again: nothing evaluated, nothing written
+    assert f"already evaluated: {checkpoint} on demo_world_test" in capsys.readouterr().out
+    assert read_results(results) == [first] and points_per_tag_and_step(log_dir) == points
+
+    assert evaluate([*args, "--force"]) == 0  # redone: the record and its points replaced, not appended
+    [forced] = read_results(results)
+    assert forced["evaluated_at"] >= first["evaluated_at"] and forced["protocol_digest"] == first["protocol_digest"]
+    assert forced["metrics"] == pytest.approx(first["metrics"], abs=1e-9)
+    assert points_per_tag_and_step(log_dir) == points
+
+    assert evaluate([*args, "eval.num_beams=1"]) == 0  # another protocol is new work, no --force needed
+    [greedy] = read_results(results)
+    assert greedy["protocol"]["num_beams"] == 1
+    assert points_per_tag_and_step(log_dir) == points  # still one point per (tag, step), now greedy's value
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    [cider] = events.Scalars("eval/demo_world_test/CIDEr")
+    assert cider.value == pytest.approx(greedy["metrics"]["CIDEr"], rel=1e-6)
+    with pytest.raises(SystemExit):
+        evaluate(["--watch", str(run), "--force"])
+
+
 def test_an_exported_model_directory_is_recognised(tmp_path):
-    """Dispatch only: loading goes through ``lmm.export.load_exported`` (the export component)."""
-    from launch.evaluate import default_results_path, eval_config_for, resolve_checkpoints
+    """Dispatch only: loading goes through ``lmm.eval.loading.load_exported`` (the export format's reader)."""
+    from lmm.eval.evaluator import default_results_path, eval_config_for, resolve_checkpoints
     from lmm.eval.loading import is_export
     from lmm.eval.tensorboard import eval_log_dir
 

@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from launch.evaluate import Evaluator
 from launch.evaluate import main as evaluate
 from lmm.config import ExperimentConfig, apply_overrides
 from lmm.distributed import DistEnv
+from lmm.eval.evaluator import Evaluator
 from lmm.eval.results import read_results
 from lmm.eval.watcher import CheckpointWatcher, WatchPolicy
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE
