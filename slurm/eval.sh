@@ -3,6 +3,10 @@
 #   sbatch slurm/eval.sh runs/capsfusion-10m-raw                                 # all complete checkpoints
 #   sbatch slurm/eval.sh runs/capsfusion-10m-raw/checkpoints/global_step1220     # one checkpoint
 #   sbatch --dependency=afterok:<train job id> slurm/eval.sh runs/capsfusion-10m-raw
+#   sbatch slurm/eval.sh runs/capsfusion-10m-raw --force                         # evaluate again what is stored
+# Each (checkpoint, benchmark, protocol) is evaluated once: one whose record under the same protocol is already in
+# the results file is skipped ("already evaluated: ... (use --force to redo)"), so the job run twice, or requeued,
+# repeats nothing and writes no tensorboard point twice; --force redoes it and replaces the record and its points.
 # Any further arguments go to launch.evaluate (see `python -m launch.evaluate --help`).
 #SBATCH --job-name=lmm-eval
 #SBATCH --nodes=1
