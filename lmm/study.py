@@ -22,8 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lmm.config import (ConfigError, ExperimentConfig, apply_overrides, build_dataclass, decay_ends, decay_steps,
-                        load_config, read_yaml, total_steps)
+from lmm.config import (
+    ConfigError,
+    EvalConfig,
+    ExperimentConfig,
+    apply_overrides,
+    build_dataclass,
+    decay_ends,
+    decay_steps,
+    load_config,
+    read_yaml,
+    total_steps,
+)
 
 FAMILIES = ("cosine", "wsd", "wsd-s")
 
@@ -214,23 +224,27 @@ def eval_record(study: StudyConfig, job: Job, benchmark: str | None = None) -> d
     return found[-1] if found else None
 
 
-def benchmark_names(study: StudyConfig, job: Job) -> list[str]:
-    """Result names of the benchmarks an eval job must store (ConfigError when one is not configured)."""
+def eval_plan(study: StudyConfig, job: Job) -> tuple[EvalConfig, list]:
+    """The protocol an eval job runs under (the run's ``eval`` with the study's overrides) and the benchmark
+    targets it must store (ConfigError when one is not configured)."""
     from lmm.eval.evaluation import resolve_benchmarks
 
     config = run_config(study, [*job.overrides, *(o if o.startswith("eval.") else f"eval.{o}"
                                                   for o in study.eval_overrides)])
-    return [t.benchmark.name for t in resolve_benchmarks(config.eval, study.benchmarks)]
+    return config.eval, resolve_benchmarks(config.eval, study.benchmarks)
 
 
-def is_done(study: StudyConfig, job: Job, benchmarks: list[str] | None = None) -> bool:
+def is_done(study: StudyConfig, job: Job, plan: tuple[EvalConfig, list] | None = None) -> bool:
     """Training leg: the run has a complete checkpoint at or past its stop step. Eval: every benchmark has a
-    record of the checkpoint in the study's results file."""
+    record of the checkpoint under the same protocol in the study's results file (the evaluator's own rule,
+    ``lmm.eval.evaluator.is_stored``: a changed protocol is evaluated again)."""
+    from lmm.eval.evaluator import is_stored
+
     if job.kind == "train":
         step = newest_step(job.run_dir)
         return step is not None and step >= job.stop_step
-    names = benchmarks if benchmarks is not None else benchmark_names(study, job)
-    return all(eval_record(study, job, name) is not None for name in names)
+    eval_config, targets = plan if plan is not None else eval_plan(study, job)
+    return all(is_stored(Path(study.results), job.checkpoint, eval_config, t) for t in targets)
 
 
 def samples_processed(jobs: list[Job]) -> int:

@@ -18,7 +18,7 @@ from lmm.config import ConfigError, check_world_size
 from lmm.study import (
     Job,
     StudyConfig,
-    benchmark_names,
+    eval_plan,
     eval_record,
     is_done,
     load_study,
@@ -44,12 +44,13 @@ class Study:
         self.config = load_study(path, self.study_overrides)
         self.jobs = plan_jobs(self.config, self.run_overrides)
         self.by_name = {job.name: job for job in self.jobs}
-        self.benchmarks = {job.name: benchmark_names(self.config, job) for job in self.jobs if job.kind == "eval"}
+        self.eval_plans = {job.name: eval_plan(self.config, job) for job in self.jobs if job.kind == "eval"}
+        self.benchmarks = {name: [t.benchmark.name for t in targets] for name, (_, targets) in self.eval_plans.items()}
         self.state_file = Path(self.config.output_dir) / STATE_FILE
         self.submitted = _read_json(self.state_file).get("jobs", {})
 
     def done(self, job: Job) -> bool:
-        return is_done(self.config, job, self.benchmarks.get(job.name))
+        return is_done(self.config, job, self.eval_plans.get(job.name))
 
     def record(self, job: Job, job_id: str) -> None:
         self.submitted[job.name] = {"job_id": job_id, "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -124,7 +125,8 @@ class SlurmBackend:
     @staticmethod
     def state(job_id: str) -> str | None:
         """The job's state from accounting (sacct), else the queue (squeue); None when Slurm knows nothing."""
-        for cmd in (["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], ["squeue", "-h", "-j", job_id, "-o", "%T"]):
+        for cmd in (["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+                    ["squeue", "-h", "-j", job_id, "-o", "%T"]):
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.split()
             except (OSError, subprocess.TimeoutExpired):

@@ -17,4 +17,5 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm/logs/%x-%j.out
-exec "${SLURM_SUBMIT_DIR}/slurm/launch.sh" evaluate "$@"
+# Slurm runs a copy of this file: its launcher is found next to the submitted path (Command=), from any directory
+exec "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's|^ *Command=\([^ ]*\)/[^/ ]*.*|\1|p')/launch.sh" evaluate "$@"

@@ -70,3 +70,24 @@ def test_cli_validates_every_run_before_submitting(capsys, tmp_path):
     assert "nothing submitted" in capsys.readouterr().err and not (tmp_path / "study.json").exists()
     assert study_main(["run", str(PAPER), "--backend", "local", "--nproc", "3", f"output_dir={tmp_path}", *RUN]) == 2
     assert "not divisible by the world size 3" in capsys.readouterr().err
+
+
+def test_an_eval_is_done_only_under_the_studys_protocol(tmp_path):
+    """The study counts an eval job done by the evaluator's rule: a record of its checkpoint under the same
+    protocol; after ``eval.num_beams`` changes it is to be done again."""
+    from lmm.eval.evaluation import protocol, protocol_digest
+    from lmm.eval.results import read_results, upsert_result
+    from lmm.study import eval_plan, is_done
+
+    study = load_study(PAPER, ["caption_sources=[raw]", f"output_dir={tmp_path}"])
+    job = next(j for j in plan_jobs(study, RUN) if j.kind == "eval")
+    eval_config, [target] = eval_plan(study, job)
+    assert not is_done(study, job)
+    proto = protocol(eval_config, target)
+    upsert_result(study.results, {"run_name": "r", "caption_source": "raw", "num_samples": 1, "samples_seen": 1,
+                                  "step": 1, "benchmark": target.benchmark.name, "metrics": {"CIDEr": 0.5},
+                                  "checkpoint": str(job.checkpoint.resolve()), "config_digest": "x",
+                                  "protocol": proto, "protocol_digest": protocol_digest(proto)})
+    assert len(read_results(study.results)) == 1 and is_done(study, job)
+    other = load_study(PAPER, ["caption_sources=[raw]", f"output_dir={tmp_path}", "eval_overrides=[num_beams=1]"])
+    assert not is_done(other, next(j for j in plan_jobs(other, RUN) if j.name == job.name))
