@@ -4,6 +4,13 @@ Every key is checked against the dataclass fields and every value against its an
 or a wrong type fails at load time (before anything is built or submitted), naming the key; so do out-of-range
 values, an empty or unparsable YAML file, and a caption source the manifest does not list (``load_config``).
 A YAML file may start from another with ``base: other.yaml`` (path relative to the file).
+
+The parsing stays ours, measured (issue 14 item 5; BENCHMARKS.md, "Library review" (c)): OmegaConf 2.4 structured
+configs can take over only the type checks (``_check_value`` + ``build_dataclass``, 45 lines), and keeping these
+messages and keys took 38 lines of adapters (the file: 549 -> 551 lines), a new dependency (2.4+; 2.3 has no
+Literal) and a 10x slower build (22 vs 2 ms). Its merge and dotlist differ from ``base:`` (here ``{}`` clears a
+mapping) and from overrides (here a value replaces, ``key=`` is ''); YAML error positions and cross-field checks
+are ours either way.
 """
 from __future__ import annotations
 
