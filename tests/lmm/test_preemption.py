@@ -28,11 +28,11 @@ def test_requeue_outside_slurm_just_stops(monkeypatch):
     assert requeue(StopRequest(), max_requeues=3, is_main=True) is StopOutcome.NOT_REQUEUED
 
 
-def test_requeue_stops_after_max_requeues(monkeypatch, capsys):
+def test_requeue_stops_after_max_requeues(monkeypatch, caplog):
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert requeue(StopRequest(), max_requeues=2, is_main=True) is StopOutcome.NOT_REQUEUED
-    assert "already restarted 2 times" in capsys.readouterr().err
+    assert "already restarted 2 times" in caplog.text
 
 
 def test_stopped_run_exits_75_or_leaves_the_launcher_a_marker(monkeypatch, tmp_path):
