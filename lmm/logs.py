@@ -3,7 +3,7 @@
 ``setup()`` is called once by each ``launch`` entry point; modules log through ``logging.getLogger(__name__)``.
 Rank 0 logs at INFO (``LMM_LOG_LEVEL`` overrides), the other ranks WARNING and above only, so a 16-rank job
 prints each event once. Records go to stdout, in order with the metric lines, which is where Slurm's ``--output``
-and a terminal both look; Python warnings go through the same handler.
+and a terminal both look; Python warnings go through the same handler (deprecation notices on rank 0 only).
 
 Libraries are quieter than the project: their records below WARNING are dropped (``LMM_LOG_LEVEL=DEBUG`` shows
 them), and each of their messages is shown once per process (an eval builds a model per checkpoint). open_clip's
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 PROJECT_LOGGERS = ("lmm", "data_pipeline", "launch", "__main__")
 FORMAT = "%(asctime)s [rank %(rank)s] %(levelname)s %(name)s: %(message)s"
@@ -66,3 +67,6 @@ def setup(rank: int | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    if rank != 0:  # a library's deprecation notice is the same on every rank: rank 0 shows it
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
