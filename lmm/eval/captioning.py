@@ -54,7 +54,8 @@ def generate_captions(model: LMM, tokenizer: CaptionTokenizer, images: list[Eval
     settings = generation_settings(eval_config)
     mine = images[rank::world_size]
     captions: dict = {}
-    with tqdm(total=len(mine), desc=desc, unit="img", disable=rank != 0, dynamic_ncols=True) as bar:
+    # a bar on rank 0 in a terminal; none in a log file (Slurm's --output), where the result line follows anyway
+    with tqdm(total=len(mine), desc=desc, unit="img", disable=True if rank != 0 else None, dynamic_ncols=True) as bar:
         for start in range(0, len(mine), eval_config.batch_size):
             chunk = mine[start:start + eval_config.batch_size]
             pixels = torch.stack([_load_image(img, transform) for img in chunk]).to(device)
