@@ -337,7 +337,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
     Beyond :func:`validate` (what ``config_from_dict`` checks when a saved run's config is read back), a config
     loaded here must pass :func:`check_run` and :func:`check_caption_fields`: it is about to start, plan or
-    submit a run. No I/O but reading the YAML files and, when it exists, the manifest's json.
+    submit a run. No I/O but reading the YAML files, the DeepSpeed template's existence and, when it exists, the manifest's json.
     """
     data = read_yaml(Path(path)) if path is not None else {}
     config = config_from_dict(apply_overrides(data, list(overrides)))
@@ -461,6 +461,10 @@ def check_run(config: ExperimentConfig) -> None:
           t.max_steps)
     _need(t.checkpoint_every > 0, "train.checkpoint_every", "positive", t.checkpoint_every)
     _need(t.log_every > 0, "train.log_every", "positive", t.log_every)
+    _need(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", "positive (or null)", t.peak_tflops)
+    _need(t.deepspeed_template is None or Path(t.deepspeed_template).is_file(), "train.deepspeed_template",
+          "an existing JSON file (relative to its YAML file; in an override, to the working directory) or null",
+          t.deepspeed_template)
     _need(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
     _need(t.grad_clip >= 0, "train.grad_clip", ">= 0 (0 turns clipping off)", t.grad_clip)
     _need(len(t.betas) == 2 and all(0 <= beta < 1 for beta in t.betas), "train.betas",

@@ -161,11 +161,12 @@ def test_saved_run_configs_stay_loadable():
       "train.schedule=wsd-s", "train.warmup_steps=4", "train.lr=1", "train.min_lr=1e-4", "eval.max_images=7",
       "train.peak_tflops=100"], "da9baa3492c5"),  # ints into floats, a mapping, lists, optionals
 ])
-def test_demo_config_digest_is_pinned(overrides, digest):
+def test_demo_config_digest_is_pinned(overrides, digest, monkeypatch):
     """Runs' resume guards compare ``digest()`` / ``to_dict()``: a change to how configs are read must not move
     them (the pins were computed before issue 14's config review). A new config field or an edit of demo.yaml
     moves them too: update the pin then, on purpose. The template path is given relative to the working directory
     (read from demo.yaml it becomes absolute, which would tie the pin to this checkout's location)."""
+    monkeypatch.chdir(REPO_ROOT / "configs")  # where that relative path exists
     config = load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=deepspeed/zero2.json", *overrides])
     assert config.digest() == digest
     assert config_from_dict(json.loads(json.dumps(config.to_dict()))).digest() == digest  # a saved run read back
@@ -298,5 +299,5 @@ def test_deepspeed_template_is_found_from_any_directory(tmp_path, monkeypatch):
     assert build_deepspeed_config(moved, 2)["zero_optimization"] == {"reduce_bucket_size": 7, "stage": 2}
     bare = build_deepspeed_config(load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=null"]), 2)
     assert bare["zero_optimization"] == {"stage": 2} and bare["train_batch_size"] == 32
-    with pytest.raises(ConfigError, match="'train.deepspeed_template': no such file"):
-        build_deepspeed_config(load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=x.json"]), 2)
+    with pytest.raises(ConfigError, match="'train.deepspeed_template': must be an existing JSON file"):
+        load_config(REPO_ROOT / "configs/demo.yaml", ["train.deepspeed_template=x.json"])  # before any submission
