@@ -6,7 +6,8 @@ A DeepSpeed checkpoint of any ZeRO stage and world size is consolidated with Dee
     <out>/lmm_export.json   written last: format, checkpoint identity (step, samples seen, caption source, ...),
                             the run's full config, and the layout below
     <out>/llm/              LlamaForCausalLM.save_pretrained (config.json, safetensors; vocabulary includes the
-                            image markers) + the sentencepiece tokenizer.model
+                            image markers) + the sentencepiece tokenizer.model + transformers' tokenizer files
+                            (AutoTokenizer: the sentencepiece pieces and the three markers at the model's ids)
     <out>/bridge/           model.safetensors + config.json (BridgeConfig fields, vision_width, out_width)
     <out>/vision/           model.safetensors in open_clip's layout (visual.trunk.*; loads as model.vision.pretrained)
                             + config.json (open_clip model name, feature choice)
@@ -26,10 +27,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lmm.config import config_from_dict
 from data_pipeline.files import write_json_atomic
-from lmm.eval.loading import (EXPORT_FORMAT, EXPORT_MARKER, load_eval_model, load_exported, read_export,
-                              saved_run_config)
+from data_pipeline.tokenizer import IMAGE_MARKERS, CaptionTokenizer
+from lmm.config import config_from_dict
+from lmm.eval.loading import EXPORT_FORMAT, EXPORT_MARKER, load_eval_model, load_exported, read_export, saved_run_config
 from lmm.models.lmm import precision_dtype
 from lmm.models.marker_rows import merge_marker_rows
 
@@ -44,6 +45,22 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
+def save_hf_tokenizer(llm_dir: Path) -> None:
+    """transformers' tokenizer files for ``llm_dir``'s ``tokenizer.model``, so ``AutoTokenizer`` there has as many
+    tokens as the decoder has embedding rows: the image markers are special tokens at the ids the model gives them
+    (right after the sentencepiece vocabulary, ``data_pipeline.tokenizer``), checked."""
+    from transformers import LlamaTokenizer
+
+    ours = CaptionTokenizer(llm_dir / TOKENIZER_FILE)
+    hf = LlamaTokenizer.from_pretrained(llm_dir, add_bos_token=True, legacy=False)
+    hf.add_special_tokens({"additional_special_tokens": list(IMAGE_MARKERS)})
+    marker_ids = hf.convert_tokens_to_ids(list(IMAGE_MARKERS))
+    if len(hf) != ours.vocab_size or marker_ids != [ours.img_start_id, ours.img_end_id, ours.image_id]:
+        raise RuntimeError(f"transformers' tokenizer for {llm_dir} has {len(hf)} tokens and markers at {marker_ids}; "
+                           f"the model has {ours.vocab_size} rows and markers at {ours.img_start_id}-{ours.image_id}")
+    hf.save_pretrained(llm_dir)
+
+
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the consolidated parts of one complete checkpoint to ``out_dir``; returns the marker file."""
     config = config_from_dict(saved_run_config(checkpoint_dir))
@@ -55,6 +72,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     merge_marker_rows(model.llm)  # trained image-marker rows become rows of the exported vocabulary
     model.llm.save_pretrained(out / "llm", safe_serialization=True)
     shutil.copyfile(config.model.tokenizer.path, out / "llm" / TOKENIZER_FILE)
+    save_hf_tokenizer(out / "llm")
     _save_tensors(model.bridge.state_dict(), out / "bridge" / WEIGHTS_FILE)
     write_json_atomic(out / "bridge" / "config.json", {**dataclasses.asdict(config.model.bridge),
                                                       "vision_width": model.vision.width,

@@ -12,22 +12,22 @@ import shutil
 import open_clip
 import pytest
 import torch
+from conftest import REPO_ROOT, frozen_pretrained_overrides, tiny_overrides
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
-from conftest import REPO_ROOT, frozen_pretrained_overrides, tiny_overrides
+from data_pipeline.sequence import SequenceLayout
+from data_pipeline.tokenizer import CaptionTokenizer
 from launch.evaluate import main as evaluate_main
 from launch.export import main as export_main
-from lmm.torchrun import torchrun
 from lmm.config import config_from_dict
 from lmm.eval.loading import EXPORT_MARKER, load_eval_model, load_exported, read_export, saved_run_config
 from lmm.models.bridge import CausalBridge
 from lmm.models.lmm import LMM, GenerationSettings
 from lmm.models.vision import VisionTower
 from lmm.planning import checkpoint_bytes
-from data_pipeline.sequence import SequenceLayout
-from data_pipeline.tokenizer import CaptionTokenizer
+from lmm.torchrun import torchrun
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import complete_checkpoints
 
@@ -167,6 +167,12 @@ def test_export_loads_with_transformers_and_reproduces_outputs(lean_zero3_run, t
     config = config_from_dict(saved_run_config(complete_checkpoints(out)[-1]))
     exported, exported_tokenizer = load_exported(export_dir)
     assert llm.get_input_embeddings().weight.shape[0] == exported_tokenizer.vocab_size
+    hf_tokenizer = AutoTokenizer.from_pretrained(export_dir / "llm")  # the markers at the model's own ids
+    assert len(hf_tokenizer) == exported_tokenizer.vocab_size
+    assert hf_tokenizer.convert_tokens_to_ids(["[IMG]", "[/IMG]", "<image>"]) == [
+        exported_tokenizer.img_start_id, exported_tokenizer.img_end_id, exported_tokenizer.image_id]
+    caption = "a red star in paris"
+    assert hf_tokenizer(caption).input_ids == [exported_tokenizer.bos_id, *exported_tokenizer.encode(caption)]
     layout = SequenceLayout(exported_tokenizer, config.model.bridge.num_queries, config.data.max_caption_tokens)
     batch = layout.collate([layout.training_example(c) for c in ["a red star in paris", "two blue hearts"]])
     pixels = torch.randn(2, 3, 112, 112)
