@@ -43,5 +43,6 @@ setup(
         "lmm-prepare=data_pipeline.prepare:main",
         "lmm-check-ledger=launch.check_ledger:main",
         "lmm-study=launch.study:main",
+        "lmm-zeroshot=launch.zeroshot:main",
     ]},
 )

@@ -14,6 +14,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import REPO_ROOT
 from safetensors.torch import save_file
 
 import lmm.models.vision  # noqa: F401  (registers EVA01-tiny-14 with open_clip)
@@ -167,5 +168,7 @@ def test_bad_files_are_named(saved_clip, tmp_path, capsys):
     assert main(["--model", MODEL, "--pretrained", str(tmp_path / "absent.pt"),
                  "--image-folder", str(tmp_path)]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
+    assert main(["--config", str(REPO_ROOT / "configs/demo.yaml"), "--image-folder", str(tmp_path)]) == 2
+    assert "model.vision.pretrained is set" in capsys.readouterr().err  # the demo config names no file
     with pytest.raises(ValueError, match="the tokenizer gives id 49407 but the text tower has 64"):
         zeroshot.checked_tokenizer(CLIP_TOKENIZER, saved_clip)(["a photo of a cat."])
