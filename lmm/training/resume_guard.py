@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from lmm.config import ConfigError, config_from_dict
+
 RESUMABLE = (  # dotted keys (a trailing "." covers a whole section)
     "output_dir",  # where the run was found: another spelling of the same directory
     "train.max_steps", "train.checkpoint_every", "train.checkpoint_at_start", "train.checkpoint_steps",
@@ -62,9 +64,19 @@ def same(old, new) -> bool:
         return False
 
 
+def with_defaults(saved: dict) -> dict:
+    """A saved config with the keys added to the config since it was written at their defaults (a run from
+    before a new key, e.g. ``train.peak_tflops``, is not a changed run); as saved when it no longer reads."""
+    try:
+        return config_from_dict(saved).to_dict()
+    except ConfigError:  # e.g. a key removed since: compared as saved, so the difference is named
+        return saved
+
+
 def changes(saved: dict, new: dict) -> dict[str, tuple]:
-    """``{key: (saved value, new value)}`` for every key whose value differs."""
-    before, after = flatten(saved), flatten(new)
+    """``{key: (saved value, new value)}`` for every key whose value differs; keys the saved config predates
+    count at their defaults."""
+    before, after = flatten(with_defaults(saved)), flatten(new)
     keys = sorted(before.keys() | after.keys())
     return {k: (before.get(k), after.get(k)) for k in keys
             if k not in before or k not in after or not same(before[k], after[k])}

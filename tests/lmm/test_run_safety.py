@@ -131,6 +131,18 @@ def test_a_loader_worker_relays_sigterm_to_the_trainer_and_keeps_serving(tmp_pat
     assert time.monotonic() - started < 60
 
 
+def test_guard_reads_keys_a_saved_config_predates_at_their_defaults(tmp_path):
+    """A run saved before a config key existed resumes: the missing key counts at its default, and a new value
+    for it is a change like any other (refused where it changes the run, recorded where it may)."""
+    saved = demo_config()
+    del saved["train"]["peak_tflops"], saved["train"]["schedule"]  # keys this project added after runs existed
+    assert resume_guard.check(saved, demo_config(), tmp_path, 1) == {}
+    assert resume_guard.check(saved, demo_config("train.peak_tflops=100"), tmp_path, 1) == {
+        "train.peak_tflops": (None, 100.0)}
+    with pytest.raises(resume_guard.RunChangedError, match="train.schedule: 'cosine' \\(run\\) -> 'wsd'"):
+        resume_guard.check(saved, demo_config("train.schedule=wsd"), tmp_path, 1)
+
+
 def test_guard_accepts_another_spelling_of_the_same_files(tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "tokenizer.model").write_text("x")
