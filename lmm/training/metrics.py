@@ -48,7 +48,7 @@ class StepMeter:
         """The ``perf/*`` scalars since the last call, over all ranks (collective)."""
         samples, tokens, flops, waited = distributed.all_reduce([self.samples, self.tokens, self.flops, self.waited])
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        ranks = dist.get_world_size() if dist.is_initialized() else 1
+        ranks = world_size()
         self._reset()
         out = {"perf/samples_per_s": samples / elapsed, "perf/tokens_per_s": tokens / elapsed,
                "perf/data_wait_fraction": waited / (elapsed * ranks)}
@@ -82,6 +82,10 @@ class MetricsLogger:
             self.writer.close()
 
 
+def world_size() -> int:
+    """Ranks in the process group (1 without one)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def mean_across_ranks(value: float) -> float:
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
-    return distributed.all_reduce([value])[0] / world_size
+    return distributed.all_reduce([value])[0] / world_size()
