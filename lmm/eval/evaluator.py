@@ -82,9 +82,11 @@ class Evaluator:
     def results_path(self, checkpoint: Path) -> Path:
         return self.results or default_results_path(checkpoint)
 
-    def pending(self, checkpoint: Path) -> list[BenchmarkTarget]:
-        """The chosen benchmarks without a stored record of ``checkpoint`` under the same protocol."""
-        eval_config, targets = self.plan(checkpoint)
+    def pending(self, checkpoint: Path, planned: tuple[EvalConfig, list[BenchmarkTarget]] | None = None
+                ) -> list[BenchmarkTarget]:
+        """The chosen benchmarks without a stored record of ``checkpoint`` under the same protocol (``planned``:
+        ``plan(checkpoint)`` when the caller has it already)."""
+        eval_config, targets = planned or self.plan(checkpoint)
         return [t for t in targets if not is_stored(self.results_path(checkpoint), checkpoint, eval_config, t)]
 
     def is_done(self, checkpoint: Path) -> bool:
@@ -93,9 +95,9 @@ class Evaluator:
 
     def __call__(self, checkpoint: Path) -> int:
         """Evaluate the pending benchmarks (all of them with ``force``); returns how many were evaluated."""
-        eval_config, targets = self.plan(checkpoint)
+        eval_config, targets = planned = self.plan(checkpoint)
         if self.env.is_main:  # rank 0's view of the results file rules
-            names = [t.benchmark.name for t in (targets if self.force else self.pending(checkpoint))]
+            names = [t.benchmark.name for t in (targets if self.force else self.pending(checkpoint, planned))]
         names = self.sync(names if self.env.is_main else None)
         todo = [t for t in targets if t.benchmark.name in names]
         skipped = [t.benchmark.name for t in targets if t.benchmark.name not in names]
