@@ -1,5 +1,5 @@
 """Bootstrap intervals over eval images: contain the mean, reproducible, narrower with more images, fast, and
-stored in the result record next to the metrics."""
+stored in the result record next to the metrics; the paired interval of a difference between two models."""
 from __future__ import annotations
 
 import time
@@ -14,7 +14,7 @@ import torch
 from lmm.config import EvalConfig
 from lmm.eval import evaluation
 from lmm.eval.benchmarks import Benchmark, EvalImage
-from lmm.eval.bootstrap import bootstrap_interval, uncertainty_fields
+from lmm.eval.bootstrap import NUM_RESAMPLES, SEED, bootstrap_interval, paired_difference_interval, uncertainty_fields
 from lmm.eval.scoring import score_captions, score_with_per_image
 
 REFERENCES = {1: ["a dog runs on the grass", "a brown dog running"], 2: ["a red bus on a street", "a bus"],
@@ -32,6 +32,27 @@ def test_interval_contains_the_mean_is_reproducible_and_narrows_with_more_images
     assert bootstrap_interval([0.7]) == (0.7, 0.7)
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_interval([])
+
+
+def test_paired_interval_of_a_constant_shift_is_that_shift():
+    before = np.random.default_rng(2).integers(0, 40, 300) / 8  # dyadic: after - before is exactly 0.375
+    assert paired_difference_interval(before, before + 0.375) == (0.375, 0.375)
+    assert paired_difference_interval(before, before) == (0.0, 0.0)
+
+
+def test_paired_interval_resamples_the_same_images_for_both():
+    rng = np.random.default_rng(3)
+    before = rng.gamma(2.0, 0.5, 500)
+    after = before + 0.05 + rng.normal(0, 0.1, 500)  # a small change, image difficulty shared
+    index = np.random.default_rng(SEED).integers(0, 500, size=(NUM_RESAMPLES, 500), dtype=np.int32)
+    by_hand = np.percentile(after[index].mean(axis=1) - before[index].mean(axis=1), [2.5, 97.5])
+    low, high = paired_difference_interval(before, after)
+    assert (low, high) == pytest.approx(tuple(by_hand), abs=1e-12)
+    assert 0 < low < after.mean() - before.mean() < high  # beyond the noise: the interval excludes 0
+    unpaired = [bootstrap_interval(s) for s in (before, after)]
+    assert all(high - low < (h - lo) / 3 for lo, h in unpaired)  # pairing removes the images' own spread
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference_interval(before, after[:-1])
 
 
 def test_bootstrap_of_5000_images_is_fast():
