@@ -10,6 +10,10 @@ gets three captions in the paper's styles:
 * ``capsfusion`` -- fluent and specific ("two large red circles at lake como").
 
 Held-out eval images get five varied human-style references (COCO Karpathy format).
+A caption-style fine-tuning set (``style/dataset_style.json``, Karpathy format, train and
+test splits) gets five references in a terse inventory style that none of the training
+captions use ("scene lake como - objects 2 red circles, 1 small blue star"): a model
+pretrained on capsfusion captions scores low against them until fine-tuned on the set.
 Every sample is drawn from its own RNG seeded by ``(seed, split, index)``, so output
 is reproducible and shards can be rendered in parallel.  Tar members use a fixed
 mtime, so shard bytes (and their sha256) are identical across runs as well.
@@ -35,11 +39,12 @@ from PIL import Image, ImageDraw
 from data_pipeline.manifest import MANIFEST_FILE, write_manifest
 from data_pipeline.shard_format import CAPTION_FIELDS, write_shard
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the style set
 NUM_REFS = 5
 JPEG_QUALITY = 90
 SUPERSAMPLE = 2
 BG_VARIANTS = 8  # phase-shifted copies of each scene texture (cached per process)
+KARPATHY_CHUNK = 32  # eval / style images rendered per parallel job
 
 # --------------------------------------------------------------------------- vocab
 
@@ -140,6 +145,13 @@ SYNTH_TEMPLATES_MANY = (
     "a group of {gs} on a {bg} background",
 )
 
+# Inventory-style references of the style split: fixed words, digit counts, canonical shape names, and only
+# characters the train captions use (the demo's tokenizer is trained on those: ":" or "." would be unknown pieces).
+STYLE_SPLIT = "style"
+STYLE_SCENE_WORD = "scene"
+STYLE_HEADERS = ("objects", "shapes", "items")
+STYLE_WORDS = frozenset((STYLE_SCENE_WORD, *STYLE_HEADERS))
+
 RAW_JUNK = ("stock photo", "free download", "hd wallpaper", "royalty free", "vector",
             "clipart", "png", "jpg", "4k", "high resolution", "best", "#art", "#design",
             "image", "pic", "background")
@@ -160,6 +172,8 @@ class DemoWorldSpec:
     samples_per_shard: int = 256
     image_size: int = 112
     seed: int = 0
+    num_style_train: int = 512  # caption-style fine-tuning set: Karpathy split "train" ...
+    num_style_test: int = 100  # ... and "test"
 
 
 @dataclass(frozen=True)
@@ -175,9 +189,10 @@ class Group:
 
 @dataclass
 class WorldItem:
-    """One sampled image: scene graph, three-style captions and human-style references.
+    """One sampled image: scene graph, three-style captions and references (human-style; inventory-style for
+    the style split).
 
-    Train shards store only ``captions``; the eval split stores only ``references``.
+    Train shards store only ``captions``; the eval and style sets store only ``references``.
     """
 
     scene: str
@@ -228,7 +243,7 @@ def _place(rng: random.Random, slot: str, size: str) -> tuple[float, float]:
 
 
 def sample_item(seed: int, split: str, index: int) -> WorldItem:
-    """Sample the scene graph, the three captions and the references of one image."""
+    """Sample the scene graph, the three captions and the references (by the split's style) of one image."""
     rng = _item_rng(seed, split, index)
     scene = rng.choice(list(SCENES))
     n = rng.choice((1, 2, 3))
@@ -247,7 +262,7 @@ def sample_item(seed: int, split: str, index: int) -> WorldItem:
     item = WorldItem(scene, groups, objects)
     item.captions = {"raw": raw_caption(item, rng), "synthetic": synthetic_caption(item, rng),
                      "capsfusion": capsfusion_caption(item)}
-    item.references = reference_captions(item, rng)
+    item.references = (style_references if split == STYLE_SPLIT else reference_captions)(item, rng)
     return item
 
 
@@ -351,16 +366,37 @@ def _reference(item: WorldItem, rng: random.Random) -> str:
                            name=scene.name, be=be)
 
 
-def reference_captions(item: WorldItem, rng: random.Random, n: int = NUM_REFS) -> list[str]:
-    """``n`` distinct human-style references for an item."""
+def _distinct(draw, n: int) -> list[str]:
+    """``n`` distinct results of ``draw()``, in the order drawn."""
     refs: list[str] = []
     for _ in range(50 * n):
-        ref = _reference(item, rng)
+        ref = draw()
         if ref not in refs:
             refs.append(ref)
         if len(refs) == n:
             return refs
     raise RuntimeError("could not draw distinct references")  # pragma: no cover
+
+
+def reference_captions(item: WorldItem, rng: random.Random, n: int = NUM_REFS) -> list[str]:
+    """``n`` distinct human-style references for an item."""
+    return _distinct(lambda: _reference(item, rng), n)
+
+
+def _style_reference(item: WorldItem, rng: random.Random) -> str:
+    """One inventory-style reference: "scene <name> - <header> <n> [size] <colour> <shape>, ..."; the header,
+    the order of the groups and whether sizes are given vary."""
+    sized = rng.random() < 0.5
+    groups = [" ".join([str(g.count), *([g.size] if sized else []), g.colour,
+                        g.shape if g.count == 1 else _plural(g.shape)]) for g in item.groups]
+    rng.shuffle(groups)
+    scene = SCENES[item.scene].name.removeprefix("the ")
+    return f"{STYLE_SCENE_WORD} {scene} - {rng.choice(STYLE_HEADERS)} {', '.join(groups)}"
+
+
+def style_references(item: WorldItem, rng: random.Random, n: int = NUM_REFS) -> list[str]:
+    """``n`` distinct inventory-style references for an item (the style split's)."""
+    return _distinct(lambda: _style_reference(item, rng), n)
 
 
 # ----------------------------------------------------------------------- rendering
@@ -405,7 +441,7 @@ def _gradient(n: int, top, bottom) -> np.ndarray:
     return np.broadcast_to((1 - t) * np.array(top) + t * np.array(bottom), (n, n, 3)).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _background(scene: str, n: int, variant: int) -> Image.Image:
     """Scene texture (n x n RGB); patterns scale with n, ``variant`` shifts their phase."""
     yy, xx = np.mgrid[0:n, 0:n] / n
@@ -440,6 +476,13 @@ def _background(scene: str, n: int, variant: int) -> Image.Image:
     else:
         raise ValueError(scene)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _warm_backgrounds(image_size: int) -> None:
+    """Draw every scene texture once, before forking: workers share them instead of each drawing its own."""
+    for scene in SCENES:
+        for variant in range(BG_VARIANTS):
+            _background(scene, image_size * SUPERSAMPLE, variant)
 
 
 def render_item(item: WorldItem, image_size: int, seed: int, split: str, index: int) -> Image.Image:
@@ -500,28 +543,43 @@ def _write_train(out: Path, spec: DemoWorldSpec) -> dict:
     jobs = [(spec, train / f"shard-{k:06d}.tar", s, min(s + per, spec.num_train))
             for k, s in enumerate(range(0, spec.num_train, per))]
     shards = _pool_map(_write_shard, jobs)
-    return write_manifest(train / MANIFEST_FILE, shards, caption_fields=list(CAPTION_FIELDS))
+    return write_manifest(train / MANIFEST_FILE, shards, caption_fields=list(CAPTION_FIELDS),
+                          num_images=spec.num_train,
+                          caption_counts={f: spec.num_train for f in CAPTION_FIELDS})
 
 
-def _eval_entry(spec: DemoWorldSpec, images: Path, index: int) -> dict:
-    """Render one eval image and return its Karpathy-format record."""
-    item = sample_item(spec.seed, "eval", index)
-    filename = f"demo_eval_{index:06d}.jpg"
+def _karpathy_entry(spec: DemoWorldSpec, images: Path, source: str, index: int, split: str) -> dict:
+    """Render image ``index`` of the ``source`` split into ``images``; return its Karpathy-format record."""
+    item = sample_item(spec.seed, source, index)
+    filename = f"demo_{source}_{index:06d}.jpg"
     (images / filename).write_bytes(
-        _jpeg_bytes(render_item(item, spec.image_size, spec.seed, "eval", index)))
+        _jpeg_bytes(render_item(item, spec.image_size, spec.seed, source, index)))
     sentids = [index * NUM_REFS + j for j in range(NUM_REFS)]
     sentences = [{"raw": ref, "tokens": ref.split(), "imgid": index, "sentid": sid}
                  for ref, sid in zip(item.references, sentids)]
     return {"filepath": "images", "filename": filename, "imgid": index, "cocoid": index + 1,
-            "split": "test", "sentids": sentids, "sentences": sentences}
+            "split": split, "sentids": sentids, "sentences": sentences}
 
 
-def _write_eval(out: Path, spec: DemoWorldSpec) -> None:
-    images = out / "eval" / "images"
+def _karpathy_chunk(args: tuple[DemoWorldSpec, Path, str, str, int, int]) -> list[dict]:
+    """Records of images [start, stop) of one source split (see ``_karpathy_entry``)."""
+    spec, images, source, split, start, stop = args
+    return [_karpathy_entry(spec, images, source, i, split) for i in range(start, stop)]
+
+
+def _write_karpathy(folder: Path, file_name: str, dataset: str, spec: DemoWorldSpec, source: str,
+                    splits: list[tuple[str, int]]) -> None:
+    """Render the first images of the ``source`` split into ``folder/images`` (in parallel) and write their
+    Karpathy file ``folder/file_name``; ``splits`` ((name, count), ...) labels consecutive runs of them."""
+    images = folder / "images"
     images.mkdir(parents=True)
-    entries = [_eval_entry(spec, images, i) for i in range(spec.num_eval)]
-    (out / "eval" / "dataset_coco.json").write_text(
-        json.dumps({"images": entries, "dataset": "coco"}))
+    jobs, begin = [], 0
+    for split, count in splits:
+        jobs += [(spec, images, source, split, s, min(s + KARPATHY_CHUNK, begin + count))
+                 for s in range(begin, begin + count, KARPATHY_CHUNK)]
+        begin += count
+    entries = [entry for chunk in _pool_map(_karpathy_chunk, jobs) for entry in chunk]
+    (folder / file_name).write_text(json.dumps({"images": entries, "dataset": dataset}))
 
 
 def _spec_key(spec: DemoWorldSpec) -> dict:
@@ -540,15 +598,21 @@ def generate_demo_world(out_dir: str | Path, spec: DemoWorldSpec) -> dict:
         if world.get("spec") == _spec_key(spec):
             return world
         world_path.unlink()
-    for sub in ("train", "eval"):
+    for sub in ("train", "eval", "style"):
         shutil.rmtree(out / sub, ignore_errors=True)
+    _warm_backgrounds(spec.image_size)
     manifest = _write_train(out, spec)
-    _write_eval(out, spec)
+    _write_karpathy(out / "eval", "dataset_coco.json", "coco", spec, "eval", [("test", spec.num_eval)])
+    _write_karpathy(out / "style", "dataset_style.json", "demo_style", spec, STYLE_SPLIT,
+                    [("train", spec.num_style_train), ("test", spec.num_style_test)])
+    num_style = spec.num_style_train + spec.num_style_test
     world = {"spec": _spec_key(spec), **asdict(spec),
              "num_shards": len(manifest["shards"]), "num_train_samples": spec.num_train,
              "num_eval_images": spec.num_eval, "num_eval_references": spec.num_eval * NUM_REFS,
+             "num_style_images": num_style, "num_style_references": num_style * NUM_REFS,
              "caption_fields": list(CAPTION_FIELDS), "scenes": [s.name for s in SCENES.values()],
-             "train_manifest": "train/manifest.json", "eval_karpathy": "eval/dataset_coco.json"}
+             "train_manifest": "train/manifest.json", "eval_karpathy": "eval/dataset_coco.json",
+             "style_karpathy": "style/dataset_style.json"}
     world_path.write_text(json.dumps(world, indent=1))  # written last: completion marker
     return world
 

@@ -1,6 +1,9 @@
-"""Prepare training shards: a caption table or an img2dataset download -> fixed-size shards + manifest + stats.
+"""Prepare training shards: a caption table, a Karpathy caption file or an img2dataset download -> fixed-size
+shards + manifest + stats.
 
     python -m data_pipeline.prepare table captions.parquet --out shards/ --image-column path --image-root imgs/
+    python -m data_pipeline.prepare karpathy dataset_coco.json --image-root coco/ --split train --split restval \
+        --out shards/
     python -m data_pipeline.prepare img2dataset downloads/ --out shards/ --preset capsfusion120m
     python -m data_pipeline.prepare img2dataset downloads/ --out downloads/ --in-place   # manifest only
 
@@ -12,6 +15,13 @@ counted as failures by reason. Rows naming the same image (COCO-style, 5 caption
 whose caption fields hold the list of distinct captions. Shards hold ``--samples-per-shard`` samples (each input
 file's last shard holds the rest; a rare unreadable image makes its shard one smaller).
 
+**karpathy**: a Karpathy-split file (``dataset_coco.json``, ``dataset_flickr30k.json``: ``images[]`` with
+``filepath``, ``filename``, ``split``, ``cocoid`` or ``imgid``, ``sentences[].raw``) -> one sample per image of
+the ``--split`` splits (repeatable; default train): the caption field (``--field``, default ``captions``) holds
+the image's sentences as a list (stripped; empty ones are dropped and counted), ``image_id`` its id. Images are
+``--image-root/filepath/filename``; missing or unreadable ones are failures, as for tables. A split with no
+images, or no usable image at all, is an error.
+
 **img2dataset**: its ``NNNNN.tar`` shards (``key.jpg``, ``key.txt``, ``key.json`` with any extra columns saved
 with ``--save_additional_columns``) are re-packed into shards of exactly ``--samples-per-shard`` samples; the
 mapping is applied to the json's fields (a field whose column is absent falls back to the field's own name: ``url``
@@ -19,13 +29,15 @@ is img2dataset's source URL, ``raw`` its ``txt``). ``--in-place`` only writes a 
 (the loader reads img2dataset's layout as-is). An input shard that is not a tar, is empty, or breaks off (cut
 short, corrupt) never stops the run: the samples before the break are used, and the shard is named in the stats.
 
-Output: shards, ``manifest.json`` (per shard: path, num_samples, bytes, sha256) and ``stats.json`` (rows,
-unique images, samples, captions per field, failures by reason; for img2dataset input ``unreadable_shards``: per
-broken input shard its path, error, samples kept and samples lost, the latter from img2dataset's per-shard stats
-and counted as ``tar_error`` failures). High-bit-depth images (16-bit PNGs) are rescaled to 8 bits. Shards are
-written to a temporary name and renamed, then a ``<shard>.json`` record marks them done: a re-run skips finished
-shards (resumable) and rewrites identical outputs (idempotent). Work is spread over ``--workers`` processes with
-a progress bar.
+Output: shards, ``manifest.json`` (per shard: path, num_samples, bytes, sha256; ``num_images``, which equals
+``num_samples``, and ``caption_counts``: captions per field, each entry of a list counted, absent for
+``--in-place``) and ``stats.json`` (rows, unique images, samples, captions per field, failures by reason; for
+Karpathy input the images per split, sentences and empty sentences; for img2dataset input ``unreadable_shards``:
+per broken input shard its path, error, samples kept and samples lost, the latter from img2dataset's per-shard
+stats and counted as ``tar_error`` failures). High-bit-depth images (16-bit PNGs) are rescaled to 8 bits. Shards
+are written to a temporary name and renamed, then a ``<shard>.json`` record marks them done: a re-run skips
+finished shards (resumable) and rewrites identical outputs (idempotent). Work is spread over ``--workers``
+processes with a progress bar.
 """
 from __future__ import annotations
 
@@ -38,8 +50,8 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from data_pipeline.files import write_json_atomic
 from data_pipeline.manifest import MANIFEST_FILE, Piece, write_manifest
@@ -195,6 +207,19 @@ def _stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", path.name.split(".")[0])
 
 
+def _local_image(image: str, image_root: Path | None, failures: Counter) -> Path | None:
+    """The local file of an image path (relative to ``image_root`` if given); None, counted as a failure
+    (``image_not_fetched``, ``missing_image``), when it is a URL or no file."""
+    if "://" in image:
+        failures["image_not_fetched"] += 1
+        return None
+    local = image_root / image if image_root else Path(image)
+    if not local.is_file():
+        failures["missing_image"] += 1
+        return None
+    return local
+
+
 def plan_table_file(path: Path, columns: dict[str, str], image_column: str, image_root: Path | None,
                     group: bool) -> tuple[list[dict], dict]:
     """Group a table's rows by image and keep the usable groups (sample keys ``<file stem>_<group index>``);
@@ -213,13 +238,8 @@ def plan_table_file(path: Path, columns: dict[str, str], image_column: str, imag
         by_image.setdefault(image if group else f"{index}\0{image}", []).append(row)
     groups, stem, url_column = [], _stem(path), columns.get("url")
     for index, (name, members) in enumerate(by_image.items()):
-        image = name.split("\0")[-1]
-        if "://" in image:
-            failures["image_not_fetched"] += 1
-            continue
-        local = image_root / image if image_root else Path(image)
-        if not local.is_file():
-            failures["missing_image"] += 1
+        local = _local_image(name.split("\0")[-1], image_root, failures)
+        if local is None:
             continue
         fields = {f: _caption_values(r.get(c) for r in members) for f, c in columns.items() if f != "url"}
         fields = {f: v for f, v in fields.items() if v is not None}
@@ -231,6 +251,55 @@ def plan_table_file(path: Path, columns: dict[str, str], image_column: str, imag
                        "fields": {**fields, **({"url": url} if url else {})}})
     return groups, {"rows": len(rows) + failures["bad_row"], "unique_images": len(by_image),
                     "failures": dict(failures)}
+
+
+# ---------------------------------------------------------------------------------------- karpathy input
+
+METADATA_FIELDS = ("url", "image_id", "width", "height", "source_key")
+
+
+def _karpathy_entries(path: Path, splits: list[str]) -> list[tuple[int, dict]]:
+    """(position in the file, entry) of the images of ``splits`` in a Karpathy-format file; a split without images
+    is an error."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path}: not a readable Karpathy-format file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise SystemExit(f"{path}: not a Karpathy-format file (expected a top-level 'images' list)")
+    entries = [(i, e) for i, e in enumerate(data["images"]) if isinstance(e, dict) and e.get("split") in splits]
+    found = Counter(e["split"] for _, e in entries)
+    missing = [s for s in splits if not found[s]]
+    if missing:
+        present = sorted({str(e.get("split")) for e in data["images"] if isinstance(e, dict)})
+        raise SystemExit(f"{path}: no images in split(s) {missing}; the file's splits: {present}")
+    return entries
+
+
+def plan_karpathy_file(path: Path, image_root: Path, splits: list[str], field: str) -> tuple[list[dict], dict]:
+    """One group per image of ``splits`` (image ``image_root/filepath/filename``; sample key ``<file stem>_<position
+    in the file>``) whose ``field`` lists its sentences (``raw``, stripped, empty ones dropped and counted), with
+    ``image_id`` (``cocoid``, else ``imgid``); returns (groups, stats): images per split, sentences, empty
+    sentences and failures by reason."""
+    entries = _karpathy_entries(path, splits)
+    groups, failures, stem, sentences, empty = [], Counter(), _stem(path), 0, 0
+    for index, entry in entries:
+        image_id = entry.get("cocoid", entry.get("imgid"))
+        if image_id is None or not isinstance(entry.get("filename"), str):
+            raise SystemExit(f"{path}: image entry {index} has no cocoid/imgid or filename")
+        raws = [s.get("raw") if isinstance(s, dict) else None for s in entry.get("sentences") or []]
+        captions = [r.strip() for r in raws if isinstance(r, str) and r.strip()]
+        sentences, empty = sentences + len(raws), empty + len(raws) - len(captions)
+        local = _local_image(os.path.join(entry.get("filepath") or "", entry["filename"]), image_root, failures)
+        if local is None:
+            continue
+        if not captions:
+            failures["no_caption"] += 1
+            continue
+        groups.append({"key": f"{stem}_{index:09d}", "image": str(local),
+                       "fields": {field: captions, "image_id": image_id}})
+    return groups, {"splits": dict(Counter(e["split"] for _, e in entries)), "unique_images": len(entries),
+                    "sentences": sentences, "empty_sentences": empty, "failures": dict(failures)}
 
 
 # --------------------------------------------------------------------------------------------- driving
@@ -263,15 +332,18 @@ def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
     return [records[job["path"]] for job in jobs]
 
 
-def _finish(out: Path, records: list[dict], stats: dict, caption_fields: list[str]) -> dict:
-    """Write manifest.json and stats.json from the shard records and the planning stats."""
+def _finish(out: Path, records: list[dict], stats: dict, caption_fields: list[str], counted: bool = True) -> dict:
+    """Write manifest.json and stats.json from the shard records and the planning stats; the manifest gets
+    ``num_images`` and, when the shards' captions were ``counted`` (not ``--in-place``), ``caption_counts``."""
     failures = Counter(stats.pop("failures", {}))
     captions = Counter()
     for record in records:
         failures.update(record["failures"])
         captions.update(record["captions"])
     entries = [r["shard"] for r in records]
-    manifest = write_manifest(out / MANIFEST_FILE, entries, caption_fields=caption_fields)
+    counts = {"caption_counts": {f: captions[f] for f in caption_fields}} if counted else {}
+    manifest = write_manifest(out / MANIFEST_FILE, entries, caption_fields=caption_fields,
+                              num_images=sum(e["num_samples"] for e in entries), **counts)
     stats = {**stats, "samples": manifest["num_samples"], "shards": len(entries),
              "captions": dict(sorted(captions.items())), "failures": dict(sorted(failures.items()))}
     if "unique_images" not in stats:
@@ -282,6 +354,13 @@ def _finish(out: Path, records: list[dict], stats: dict, caption_fields: list[st
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _group_jobs(out: Path, stem: str, groups: list[dict], samples_per_shard: int,
+                caption_fields: list[str]) -> list[dict]:
+    """Shard jobs ``<stem>-NNNNNN.tar`` of ``samples_per_shard`` image groups each (the last holds the rest)."""
+    return [{"path": str(out / f"{stem}-{k:06d}.tar"), "samples": chunk, "caption_fields": caption_fields}
+            for k, chunk in enumerate(_chunks(groups, samples_per_shard))]
 
 
 def prepare_table(inputs: list[Path], out: Path, columns: dict[str, str], image_column: str,
@@ -297,11 +376,26 @@ def prepare_table(inputs: list[Path], out: Path, columns: dict[str, str], image_
         groups, file_stats = plan_table_file(path, columns, image_column, image_root, group)
         rows, images = rows + file_stats["rows"], images + file_stats["unique_images"]
         failures.update(file_stats["failures"])
-        jobs += [{"path": str(out / f"{stem}-{k:06d}.tar"), "samples": chunk, "caption_fields": caption_fields}
-                 for k, chunk in enumerate(_chunks(groups, samples_per_shard))]
+        jobs += _group_jobs(out, stem, groups, samples_per_shard, caption_fields)
     records = _run_jobs(jobs, workers)
     return _finish(out, records, {"input": "table", "rows": rows, "unique_images": images, "failures": failures},
                    caption_fields)
+
+
+def prepare_karpathy(path: Path, out: Path, image_root: Path, splits: list[str], field: str = "captions",
+                     samples_per_shard: int = 10_000, workers: int = 1) -> dict:
+    """Shards of the images of ``splits`` in a Karpathy-format file, each with its sentences in ``field``."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file")
+    if not field or "." in field or field in METADATA_FIELDS:
+        raise SystemExit(f"--field {field!r}: a caption field name without dots, not one of {METADATA_FIELDS}")
+    groups, stats = plan_karpathy_file(path, image_root, list(dict.fromkeys(splits)), field)
+    out.mkdir(parents=True, exist_ok=True)
+    records = _run_jobs(_group_jobs(out, _stem(path), groups, samples_per_shard, [field]), workers)
+    stats = _finish(out, records, {"input": "karpathy", **stats}, [field])
+    if not stats["samples"]:
+        raise SystemExit(f"{path}: no usable image in split(s) {splits} (failures: {stats['failures']})")
+    return stats
 
 
 def prepare_img2dataset(folder: Path, out: Path, columns: dict[str, str], samples_per_shard: int = 10_000,
@@ -332,7 +426,7 @@ def prepare_img2dataset(folder: Path, out: Path, columns: dict[str, str], sample
                  "caption_fields": caption_fields} for k, chunk in enumerate(_split_pieces(pieces, samples_per_shard))]
         records = _run_jobs(jobs, workers)
     return _finish(out, records, {"input": "img2dataset", "rows": rows, "unreadable_shards": unreadable,
-                                  "failures": failures}, caption_fields)
+                                  "failures": failures}, caption_fields, counted=not in_place)
 
 
 def _download_stats(path: Path) -> dict:
@@ -398,18 +492,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="lmm-prepare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="input", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, type=Path, help="output folder (shards, manifest.json, stats.json)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--out", required=True, type=Path, help="output folder (shards, manifest.json, stats.json)")
+    output.add_argument("--samples-per-shard", type=int, default=10_000)
+    output.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    common = argparse.ArgumentParser(add_help=False, parents=[output])
     common.add_argument("--preset", choices=sorted(PRESETS), help="column mapping of a known release")
     common.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                         help="feed caption/metadata FIELD from COLUMN (repeatable), e.g. laclip=laclip_caption")
-    common.add_argument("--samples-per-shard", type=int, default=10_000)
-    common.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     table = sub.add_parser("table", parents=[common], help="parquet / JSONL caption table(s)")
     table.add_argument("inputs", nargs="+", help="files, folders or globs")
     table.add_argument("--image-column", default="image", help="column of local image paths")
     table.add_argument("--image-root", type=Path, help="folder the image paths are relative to")
     table.add_argument("--no-group", action="store_true", help="one sample per row even if images repeat")
+    karpathy = sub.add_parser("karpathy", parents=[output],
+                              help="a Karpathy-split caption file (dataset_coco.json, dataset_flickr30k.json)")
+    karpathy.add_argument("annotations", type=Path, help="the Karpathy-format json")
+    karpathy.add_argument("--image-root", required=True, type=Path, help="folder the filepath/filename are under")
+    karpathy.add_argument("--split", action="append", metavar="SPLIT",
+                          help="split to take (repeatable, e.g. train and restval; default: train)")
+    karpathy.add_argument("--field", default="captions", help="caption field holding each image's sentences")
     folder = sub.add_parser("img2dataset", parents=[common], help="an img2dataset output folder")
     folder.add_argument("folder", type=Path)
     folder.add_argument("--in-place", action="store_true", help="only write a manifest over the existing tars")
@@ -418,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict:
         columns = parse_columns(args.preset, args.column, DEFAULT_COLUMNS)
         stats = prepare_table(_expand(args.inputs), args.out, columns, args.image_column, args.image_root,
                               args.samples_per_shard, args.workers, not args.no_group)
+    elif args.input == "karpathy":
+        stats = prepare_karpathy(args.annotations, args.out, args.image_root, args.split or ["train"], args.field,
+                                 args.samples_per_shard, args.workers)
     else:
         columns = parse_columns(args.preset, args.column, {"url": "url", "raw": "raw"})
         stats = prepare_img2dataset(args.folder, args.out, columns, args.samples_per_shard, args.workers,

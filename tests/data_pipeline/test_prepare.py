@@ -1,6 +1,7 @@
-"""The prepare command: caption tables (parquet, JSONL; COCO-style grouping; the CapsFusion-120M preset) and
-img2dataset folders -> fixed-size shards, manifest and stats; resumable and idempotent; readable by the loader;
-broken input shards named in the stats instead of stopping the run; high-bit-depth images rescaled to 8 bits."""
+"""The prepare command: caption tables (parquet, JSONL; COCO-style grouping; the CapsFusion-120M preset),
+Karpathy caption files and img2dataset folders -> fixed-size shards, manifest (with image and caption counts) and
+stats; resumable and idempotent; readable by the loader; broken input shards named in the stats instead of
+stopping the run; high-bit-depth images rescaled to 8 bits."""
 import hashlib
 import io
 import json
@@ -21,8 +22,8 @@ from data_pipeline.manifest import load_manifest, subset
 from data_pipeline.prepare import PRESETS, _mapped_fields
 from data_pipeline.prepare import main as prepare
 from data_pipeline.sequence import SequenceLayout
-from data_pipeline.shard_format import rgb_image
-from data_pipeline.shard_reader import scan_shard
+from data_pipeline.shard_format import rgb_image, sample_fields
+from data_pipeline.shard_reader import read_pieces, scan_shard
 
 
 def read_all(manifest):
@@ -59,6 +60,8 @@ def check_coco_output(out, stats, rows=12, bad_rows=0):
     assert stats["captions"] == {"raw": 8} and stats["shards"] == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["num_samples"] for s in manifest["shards"]] == [3, 1]  # the unreadable image left its shard short
+    assert manifest["num_images"] == 4  # a listed field counts one per caption; a mapped field with none, 0
+    assert manifest["caption_counts"] == {"raw": 8, "synthetic": 0, "capsfusion": 0}
     for shard in manifest["shards"]:
         data = (out / shard["path"]).read_bytes()
         assert shard["bytes"] == len(data) and shard["sha256"] == hashlib.sha256(data).hexdigest()
@@ -135,6 +138,7 @@ def test_img2dataset_folder_repacked_into_fixed_size_shards(tmp_path, tokenizer)
     assert stats["rows"] == 13 and stats["samples"] == 7 and stats["failures"] == {"download_failed": 6}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [s["num_samples"] for s in manifest["shards"]] == [3, 3, 1]
+    assert manifest["num_images"] == 7 and manifest["caption_counts"] == {"raw": 7, "synthetic": 7, "capsfusion": 7}
     samples = read_all(tmp_path / "out" / "manifest.json")
     first = samples[0]["json"]
     assert first["raw"] == "alt text 000000000" and first["capsfusion"] == "fused 000000000"
@@ -148,6 +152,8 @@ def test_img2dataset_layout_read_as_is(tmp_path, tokenizer):
     write_img2dataset(tmp_path / "dl", extra=False)
     stats = prepare(["img2dataset", str(tmp_path / "dl"), "--out", str(tmp_path / "dl"), "--in-place"])
     assert stats["samples"] == 7 and scan_shard(str(tmp_path / "dl" / "00000.tar")) == (4, None)
+    manifest = json.loads((tmp_path / "dl" / "manifest.json").read_text())
+    assert manifest["num_images"] == 7 and "caption_counts" not in manifest  # the tars' jsons are not read
     pieces = subset(load_manifest(tmp_path / "dl" / "manifest.json"), 7)
     layout = SequenceLayout(tokenizer, 4, 16)
     stream = CaptionStream(pieces, CaptionSelector("raw"), to_tensor, layout, 0, 1, 1, shuffle_buffer=1)
@@ -247,3 +253,90 @@ def test_prepare_rescales_16_bit_images(tmp_path):
     for sample in samples:
         image = Image.open(io.BytesIO(sample.get("png") or sample["jpg"]))
         assert image.mode == "RGB" and abs(image.getpixel((1, 1))[0] - 128) <= 1, sample["json"]["raw"]
+
+
+# ------------------------------------------------------------------------------------------ karpathy input
+
+def write_karpathy(folder, edit=None):
+    """dataset_coco.json in Karpathy format over real JPEGs under ``folder/val2014``: 3 train images x 5 captions
+    and 1 test image; ``edit(images)`` may change the entries before they are written."""
+    (folder / "val2014").mkdir(parents=True)
+    images = []
+    for i, split in enumerate(["train", "train", "train", "test"]):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        (folder / "val2014" / name).write_bytes(jpeg(["red", "green", "blue", "white"][i]))
+        sentences = [{"raw": f" Image {i} caption {k}. ", "tokens": ["image"], "imgid": i} for k in range(5)]
+        images.append({"filepath": "val2014", "filename": name, "split": split, "cocoid": 100 + i, "imgid": i,
+                       "sentids": list(range(5 * i, 5 * i + 5)), "sentences": sentences})
+    if edit:
+        edit(images)
+    path = folder / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path
+
+
+def karpathy_args(path, out, *extra):
+    return ["karpathy", str(path), "--image-root", str(path.parent), "--out", str(out), "--workers", "1", *extra]
+
+
+def shard_fields(manifest):
+    """(key, fields) of every sample of a manifest, read by the project's shard reader."""
+    shards = load_manifest(manifest)
+    return [(raw["__key__"], sample_fields(raw)) for raw in read_pieces(subset(shards, sum(s.num_samples for s in
+                                                                                          shards)))]
+
+
+def test_karpathy_file_gives_one_sample_per_image_with_its_captions(tmp_path):
+    path, out = write_karpathy(tmp_path / "coco"), tmp_path / "out"
+    stats = prepare(karpathy_args(path, out, "--split", "train", "--samples-per-shard", "2"))
+    assert stats == {"input": "karpathy", "splits": {"train": 3}, "unique_images": 3, "sentences": 15,
+                     "empty_sentences": 0, "samples": 3, "shards": 2, "captions": {"captions": 15}, "failures": {}}
+    assert json.loads((out / "stats.json").read_text()) == stats
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_images"] == manifest["num_samples"] == 3 and manifest["caption_counts"] == {"captions": 15}
+    assert manifest["caption_fields"] == ["captions"]
+    assert [s["path"] for s in manifest["shards"]] == ["dataset_coco-000000.tar", "dataset_coco-000001.tar"]
+    samples = shard_fields(out / "manifest.json")
+    assert [key for key, _ in samples] == [f"dataset_coco_{i:09d}" for i in range(3)]  # not the test image
+    for i, (key, fields) in enumerate(samples):
+        assert fields["captions"] == [f"Image {i} caption {k}." for k in range(5)]
+        assert fields["image_id"] == 100 + i and fields["width"] == 16
+        assert CaptionSelector("captions").choose(key, fields)[0] in fields["captions"]
+    manifest_bytes = (out / "manifest.json").read_bytes()
+    assert prepare(karpathy_args(path, out, "--split", "train", "--samples-per-shard", "2")) == stats
+    assert (out / "manifest.json").read_bytes() == manifest_bytes  # re-run: identical outputs
+
+
+def test_karpathy_failures_and_empty_sentences_are_counted(tmp_path):
+    def edit(images):
+        images[0]["sentences"][2]["raw"] = "   "  # dropped and counted
+        images[1]["filename"] = "gone.jpg"  # missing image
+        images[3]["split"] = "restval"  # taken with --split restval
+        images.append({**images[2], "filename": "broken.jpg", "cocoid": 7})  # unreadable image
+        images.append({**images[2], "cocoid": 8, "sentences": [{"raw": ""}]})  # no caption left
+    path = write_karpathy(tmp_path / "coco", edit)
+    (tmp_path / "coco" / "val2014" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    stats = prepare(karpathy_args(path, out, "--split", "train", "--split", "restval", "--field", "coco"))
+    assert stats["splits"] == {"train": 5, "restval": 1} and stats["unique_images"] == 6
+    assert stats["sentences"] == 26 and stats["empty_sentences"] == 2
+    assert stats["failures"] == {"missing_image": 1, "image_unreadable": 1, "no_caption": 1}
+    assert stats["samples"] == 3 and stats["captions"] == {"coco": 14}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_images"] == 3 and manifest["caption_counts"] == {"coco": 14}
+    samples = dict(shard_fields(out / "manifest.json"))
+    assert samples["dataset_coco_000000000"]["coco"] == [f"Image 0 caption {k}." for k in (0, 1, 3, 4)]
+    assert [f["image_id"] for f in samples.values()] == [100, 102, 103]
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--split", "val"], r"no images in split\(s\) \['val'\]; the file's splits: \['test', 'train'\]"),
+    (["--split", "train", "--split", "restval"], r"no images in split\(s\) \['restval'\]"),
+    (["--field", "url"], "--field 'url'"),
+    (["--split", "test", "--image-root", "/nonexistent"], r"no usable image .*'missing_image': 1"),
+])
+def test_karpathy_missing_split_or_empty_result_is_an_error(tmp_path, args, error):
+    path = write_karpathy(tmp_path / "coco")
+    with pytest.raises(SystemExit, match=error) as exit_info:
+        prepare(karpathy_args(path, tmp_path / "out", *args))
+    assert exit_info.value.code not in (0, None)  # a message: the process exits 1
