@@ -29,6 +29,7 @@ setup(
         "safetensors",
         "pyarrow",
         "tqdm",
+        "peft>=0.13",  # LoRA adapters (model.llm.lora)
     ],
     extras_require={"dev": ["pytest"]},
     entry_points={"console_scripts": [
@@ -44,5 +45,6 @@ setup(
         "lmm-check-ledger=launch.check_ledger:main",
         "lmm-study=launch.study:main",
         "lmm-zeroshot=launch.zeroshot:main",
+        "lmm-compare=launch.compare:main",
     ]},
 )

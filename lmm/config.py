@@ -49,6 +49,17 @@ class BridgeConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     trainable: bool = True
+    pretrained: Optional[str] = None  # an export's bridge/model.safetensors (set from model.init_from); None = random
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on a frozen decoder, through peft (``lmm.models.adapters``); ``rank`` 0 turns them off."""
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"])
 
 
 @dataclass
@@ -65,6 +76,7 @@ class LLMConfig:
     train_image_markers: bool = True
     grad_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"  # transformers' switch
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters on the frozen decoder (needs trainable: false)
 
 
 @dataclass
@@ -83,6 +95,10 @@ class ModelConfig:
     # A frozen vision tower or decoder without ``pretrained`` weights is a config error: it would train against a
     # random frozen network. Tests, benchmarks and tiny experiments opt in to random frozen weights here.
     allow_random_frozen: bool = False
+    # A new run (fine-tuning) starting from the weights of another run: its checkpoint (exported once into
+    # <output_dir>/init_from) or an export; every component's weights and the tokenizer come from there
+    # (``lmm.training.init_from``). Unlike train.init_from (a decay branch), the optimizer and schedule start fresh.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -91,7 +107,12 @@ class DataConfig:
     train_manifest: str = ""  # manifest.json listing webdataset shards
     caption_source: str = "capsfusion"  # raw | synthetic | capsfusion | any json field | mixed
     mix: dict[str, float] = field(default_factory=dict)  # source -> ratio when caption_source == mixed
-    num_samples: int = 10_000_000  # samples seen in the run (one epoch of the nested subset)
+    num_samples: int = 10_000_000  # samples (images) in the nested subset: one epoch
+    epochs: int = 1  # passes over the subset: the run sees num_samples x epochs samples
+    # a caption field holding a list (COCO's five per image): ``random`` = one random caption per image per epoch;
+    # ``in_turn`` = each image's captions in a seeded order, one per epoch, so c epochs show every (image,
+    # caption) pair of an image with c captions once
+    caption_per_epoch: Literal["random", "in_turn"] = "random"
     max_caption_tokens: int = 64
     num_workers: int = 2
     shuffle_buffer: int = 1000  # samples per seeded shuffle window (raw bytes held per dataloader worker)
@@ -392,21 +413,21 @@ def validate(config: ExperimentConfig) -> None:
     if d.num_samples < t.global_batch_size:
         raise ConfigError(f"config key 'data.num_samples': {d.num_samples} is less than one global batch "
                           f"({t.global_batch_size})")
-    if t.budget_samples is not None and not t.global_batch_size <= t.budget_samples <= d.num_samples:
+    _need(d.epochs >= 1, "data.epochs", ">= 1", d.epochs)
+    if t.budget_samples is not None and not t.global_batch_size <= t.budget_samples <= d.num_samples * d.epochs:
         raise ConfigError(f"config key 'train.budget_samples': must be between one global batch "
-                          f"({t.global_batch_size}) and data.num_samples ({d.num_samples}), got {t.budget_samples}")
-    if not any([m.vision.trainable, m.bridge.trainable, m.llm.trainable]):
-        raise ConfigError("config key 'model': every component is frozen; nothing would train")
+                          f"({t.global_batch_size}) and data.num_samples x data.epochs ({d.num_samples * d.epochs}), "
+                          f"got {t.budget_samples}")
     for key, part in (("model.vision", m.vision), ("model.llm", m.llm)):
-        if not part.trainable and part.pretrained is None and not m.allow_random_frozen:
+        if not part.trainable and part.pretrained is None and not m.allow_random_frozen and not m.init_from:
             raise ConfigError(f"config key '{key}.pretrained': {key} is frozen but has no pretrained weights, so "
                               f"the run would train against a random frozen network; set {key}.pretrained to a "
                               f"local weight path (or model.allow_random_frozen=true for tests and tiny runs)")
 
 
 def budget_samples(config: ExperimentConfig) -> int:
-    """Samples the run trains on: ``train.budget_samples``, else one epoch of ``data.num_samples``."""
-    return config.train.budget_samples or config.data.num_samples
+    """Samples the run trains on: ``train.budget_samples``, else ``data.epochs`` passes over ``data.num_samples``."""
+    return config.train.budget_samples or config.data.num_samples * config.data.epochs
 
 
 def total_steps(config: ExperimentConfig) -> int:
@@ -453,7 +474,9 @@ def check_run(config: ExperimentConfig) -> None:
     """The checks for starting (planning, submitting) a run, each naming its key: values that would crash
     later, silently do something else, or waste the run. ``load_config`` applies them; ``config_from_dict``
     (reading back the config a run saved) does not, so runs saved before a check existed stay loadable."""
-    t, d, llm = config.train, config.data, config.model.llm
+    t, d, m, llm = config.train, config.data, config.model, config.model.llm
+    if not any([m.vision.trainable, m.bridge.trainable, llm.trainable, llm.lora.rank]):
+        raise ConfigError("config key 'model': every component is frozen; nothing would train")
     if llm.hidden_size % llm.num_heads:
         raise ConfigError(f"config key 'model.llm.num_heads': hidden size {llm.hidden_size} not divisible by "
                           f"{llm.num_heads}")
@@ -484,6 +507,35 @@ def check_run(config: ExperimentConfig) -> None:
                           f"{t.global_batch_size}); the LR would never reach its peak")
     check_schedule(config)
     check_eval(config.eval)
+    check_fine_tuning(config.model, t.init_from)
+
+
+def check_fine_tuning(m: ModelConfig, branch_parent: str | None) -> None:
+    """LoRA adapts a frozen decoder; ``model.init_from`` supplies every component's weights and the tokenizer, so
+    it excludes per-component weight paths and a decay branch's parent."""
+    lora = m.llm.lora
+    _need(lora.rank >= 0, "model.llm.lora.rank", ">= 0 (0 turns LoRA off)", lora.rank)
+    if lora.rank:
+        if m.llm.trainable:
+            raise ConfigError("config key 'model.llm.lora.rank': LoRA adapts a frozen decoder; set "
+                              "model.llm.trainable=false (the adapters are what trains)")
+        _need(lora.alpha > 0, "model.llm.lora.alpha", "positive", lora.alpha)
+        _need(0 <= lora.dropout < 1, "model.llm.lora.dropout", "in [0, 1)", lora.dropout)
+        _need(bool(lora.target_modules), "model.llm.lora.target_modules", "a non-empty list of module names",
+              lora.target_modules)
+    if m.init_from is None:
+        return
+    given = [key for key, value in (("model.vision.pretrained", m.vision.pretrained),
+                                    ("model.bridge.pretrained", m.bridge.pretrained),
+                                    ("model.llm.pretrained", m.llm.pretrained),
+                                    ("model.tokenizer.path", m.tokenizer.path), ("train.init_from", branch_parent))
+             if value is not None]
+    if given:
+        raise ConfigError(f"config key 'model.init_from': it supplies every component's weights and the tokenizer; "
+                          f"unset {', '.join(given)}")
+    if not Path(m.init_from).is_dir():
+        raise ConfigError(f"config key 'model.init_from': {m.init_from} is not a directory (a checkpoint "
+                          "<run>/checkpoints/global_stepN or an lmm-export directory)")
 
 
 def check_schedule(config: ExperimentConfig) -> None:

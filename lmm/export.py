@@ -8,6 +8,9 @@ A DeepSpeed checkpoint of any ZeRO stage and world size is consolidated with Dee
     <out>/llm/              LlamaForCausalLM.save_pretrained (config.json, safetensors; vocabulary includes the
                             image markers) + the sentencepiece tokenizer.model + transformers' tokenizer files
                             (AutoTokenizer: the sentencepiece pieces and the three markers at the model's ids)
+    <out>/adapter/          a LoRA run only: peft's adapter files (adapter_config.json, adapter_model.safetensors;
+                            ``PeftModel.from_pretrained`` over the base decoder it names); ``llm/`` holds the
+                            decoder with the adapters merged, and the export's config has LoRA off
     <out>/bridge/           model.safetensors + config.json (BridgeConfig fields, vision_width, out_width)
     <out>/vision/           model.safetensors in open_clip's layout (visual.trunk.*; loads as model.vision.pretrained)
                             + config.json (open_clip model name, feature choice)
@@ -29,8 +32,9 @@ from safetensors.torch import save_file
 
 from data_pipeline.files import write_json_atomic
 from data_pipeline.tokenizer import IMAGE_MARKERS, CaptionTokenizer
-from lmm.config import config_from_dict
+from lmm.config import ExperimentConfig, config_from_dict
 from lmm.eval.loading import EXPORT_FORMAT, EXPORT_MARKER, load_eval_model, load_exported, read_export, saved_run_config
+from lmm.models.adapters import ADAPTER_DIR, is_adapted, merged_decoder, save_adapter
 from lmm.models.lmm import precision_dtype
 from lmm.models.marker_rows import merge_marker_rows
 
@@ -61,6 +65,12 @@ def save_hf_tokenizer(llm_dir: Path) -> None:
     hf.save_pretrained(llm_dir)
 
 
+def self_contained(config: ExperimentConfig) -> ExperimentConfig:
+    """The run's config as the export's model: adapters merged (LoRA off), no weights from elsewhere."""
+    llm = dataclasses.replace(config.model.llm, lora=dataclasses.replace(config.model.llm.lora, rank=0))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, llm=llm, init_from=None))
+
+
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the consolidated parts of one complete checkpoint to ``out_dir``; returns the marker file."""
     config = config_from_dict(saved_run_config(checkpoint_dir))
@@ -69,8 +79,14 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     model, meta = loaded.model, loaded.meta
     out = Path(out_dir)
     (out / EXPORT_MARKER).unlink(missing_ok=True)  # an interrupted re-export must not look complete
-    merge_marker_rows(model.llm)  # trained image-marker rows become rows of the exported vocabulary
-    model.llm.save_pretrained(out / "llm", safe_serialization=True)
+    parts = {"llm": "llm", "tokenizer": f"llm/{TOKENIZER_FILE}", "bridge": f"bridge/{WEIGHTS_FILE}",
+             "vision": f"vision/{WEIGHTS_FILE}"}
+    if is_adapted(model.llm):  # peft's own adapter files, then the adapters folded into the exported decoder
+        save_adapter(model.llm, out / ADAPTER_DIR, config.model.llm.pretrained)
+        parts["adapter"] = ADAPTER_DIR
+    llm = merged_decoder(model.llm)
+    merge_marker_rows(llm)  # trained image-marker rows become rows of the exported vocabulary
+    llm.save_pretrained(out / "llm", safe_serialization=True)
     shutil.copyfile(config.model.tokenizer.path, out / "llm" / TOKENIZER_FILE)
     save_hf_tokenizer(out / "llm")
     _save_tensors(model.bridge.state_dict(), out / "bridge" / WEIGHTS_FILE)
@@ -84,8 +100,6 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         "num_tokens": model.vision.num_tokens, "image_size": list(model.vision.image_size),
         "features": "all tokens (CLS + patches) of the last block, before the final norm and head"})
     marker = {"format": EXPORT_FORMAT, "checkpoint": str(Path(checkpoint_dir).resolve()),
-              "meta": dataclasses.asdict(meta), "config": config.to_dict(),
-              "parts": {"llm": "llm", "tokenizer": f"llm/{TOKENIZER_FILE}", "bridge": f"bridge/{WEIGHTS_FILE}",
-                        "vision": f"vision/{WEIGHTS_FILE}"}}
+              "meta": dataclasses.asdict(meta), "config": self_contained(config).to_dict(), "parts": parts}
     write_json_atomic(out / EXPORT_MARKER, marker)
     return out / EXPORT_MARKER

@@ -24,13 +24,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from lmm.config import config_from_dict
-from lmm.models.lmm import LMM, build_lmm
-from lmm.models.weights import check_tensor_shapes, state_shapes
-from lmm.safe_loading import safe_loading
 from data_pipeline.tokenizer import CaptionTokenizer
+from lmm.config import ModelConfig, config_from_dict
+from lmm.models.lmm import LMM, build_lmm
+from lmm.safe_loading import safe_loading
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import META_FILE, RUN_CONFIG_FILE, CheckpointMeta, read_meta
 
@@ -132,22 +130,27 @@ def load_exported(out_dir: str | Path) -> tuple[LMM, CaptionTokenizer]:
     """The exported LMM (eval mode, fp32, on CPU) and its tokenizer, built by the training code's builders."""
     out = Path(out_dir)
     data = read_export(out)
-    model_config = config_from_dict(data["config"]).model
-    tokenizer = CaptionTokenizer(out / data["parts"]["tokenizer"])
-    model_config = dataclasses.replace(
-        model_config,
-        vision=dataclasses.replace(model_config.vision, pretrained=str(out / data["parts"]["vision"]),
-                                   grad_checkpointing=False),
-        llm=dataclasses.replace(model_config.llm, pretrained=str(out / data["parts"]["llm"]),
-                                grad_checkpointing=False),
-        tokenizer=dataclasses.replace(model_config.tokenizer, path=str(tokenizer.model_file)))
+    model_config = export_model_config(config_from_dict(data["config"]).model, out)
+    model_config = dataclasses.replace(  # inference: no activation checkpointing
+        model_config, vision=dataclasses.replace(model_config.vision, grad_checkpointing=False),
+        llm=dataclasses.replace(model_config.llm, grad_checkpointing=False))
+    tokenizer = CaptionTokenizer(model_config.tokenizer.path)
     with safe_loading():  # the marker may name a pickled vision file
         model = build_lmm(model_config, tokenizer)
-    bridge_file = out / data["parts"]["bridge"]
-    bridge_state = load_file(str(bridge_file))
-    check_tensor_shapes(state_shapes(model.bridge.state_dict()), state_shapes(bridge_state), str(bridge_file))
-    model.bridge.load_state_dict(bridge_state, strict=True)
     return model.eval(), tokenizer
+
+
+def export_model_config(model: ModelConfig, out_dir: str | Path) -> ModelConfig:
+    """``model`` with every component's weights and the tokenizer read from the export in ``out_dir`` (its
+    ``parts``): how an export is loaded, and how a run with ``model.init_from`` starts from one."""
+    out = Path(out_dir)
+    parts = read_export(out)["parts"]
+    return dataclasses.replace(
+        model, init_from=None,
+        vision=dataclasses.replace(model.vision, pretrained=str(out / parts["vision"])),
+        bridge=dataclasses.replace(model.bridge, pretrained=str(out / parts["bridge"])),
+        llm=dataclasses.replace(model.llm, pretrained=str(out / parts["llm"])),
+        tokenizer=dataclasses.replace(model.tokenizer, path=str(out / parts["tokenizer"])))
 
 
 @contextlib.contextmanager
@@ -170,5 +173,6 @@ def _load_export(path: Path) -> EvalModel:
     source = info.get("meta", info)
     defaults = {"run_name": path.name, "caption_source": "unknown", "num_samples": 0, "step": 0,
                 "samples_seen": 0, "zero_stage": -1, "config_digest": ""}
-    meta = CheckpointMeta(**{f.name: source.get(f.name, defaults[f.name]) for f in fields(CheckpointMeta)})
+    meta = CheckpointMeta(**{f.name: source[f.name] if f.name in source else defaults.get(f.name, f.default)
+                             for f in fields(CheckpointMeta)})
     return EvalModel(model.eval(), tokenizer, meta, path)

@@ -4,7 +4,8 @@ Structure (Emu's "Causal Transformer", T5-base sized at full scale: 32 queries, 
 LayerNorm on the visual features, then pre-norm blocks of
 [causal self-attention over the queries -> cross-attention to the visual tokens -> GELU FFN], a final RMSNorm and
 a Linear to the decoder width. Query ``i`` only sees queries ``<= i`` (causal), and every visual token.
-All weights are randomly initialised (queries ~ N(0, 0.02)).
+All weights are randomly initialised (queries ~ N(0, 0.02)), unless ``model.bridge.pretrained`` names an export's
+``bridge/model.safetensors`` (a fine-tuning run's ``model.init_from``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmm.config import BridgeConfig
+from lmm.models.weights import check_tensor_shapes, state_shapes
 
 
 class Attention(nn.Module):
@@ -83,3 +85,12 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def load_bridge_weights(bridge: CausalBridge, path: str) -> None:
+    """Fill ``bridge`` from a safetensors file of its state dict, every shape checked first."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    check_tensor_shapes(state_shapes(bridge.state_dict()), state_shapes(state), f"model.bridge.pretrained {path}")
+    bridge.load_state_dict(state, strict=True)

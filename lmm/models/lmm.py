@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from data_pipeline.tokenizer import CaptionTokenizer
-from lmm.config import ModelConfig
-from lmm.models.bridge import CausalBridge
+from lmm.config import LoraConfig, ModelConfig
+from lmm.models.adapters import adapter_parameters, apply_lora
+from lmm.models.bridge import CausalBridge, load_bridge_weights
 from lmm.models.llm import build_llm
 from lmm.models.marker_rows import marker_row_parameters
 from lmm.models.vision import VisionTower, build_vision_tower
@@ -71,7 +72,8 @@ def build_lmm(config: ModelConfig, tokenizer: CaptionTokenizer, dtype: torch.dty
     ranks as they are built (``lmm.models.partitioned``). Frozen random components (``model.allow_random_frozen``)
     are cast to ``dtype``; randomly initialised trainable ones stay fp32 for DeepSpeed, which casts them and keeps
     fp32 master weights. The tower is built before the decoder, so its load peak passes before the decoder's bytes
-    are held.
+    are held. ``model.llm.lora`` wraps the frozen decoder in peft's LoRA adapters (``lmm.models.adapters``); a
+    pretrained bridge (``model.bridge.pretrained``) is read from its file.
     """
     hf_zero3 = None
     if zero3_config is not None:  # transformers' switch for its own ZeRO-3 paths (resizing a partitioned vocab)
@@ -81,11 +83,15 @@ def build_lmm(config: ModelConfig, tokenizer: CaptionTokenizer, dtype: torch.dty
     llm = build_llm(config.llm, tokenizer, dtype, zero3_config)
     del hf_zero3
     bridge = CausalBridge(config.bridge, vision_width=vision.width, out_width=llm.config.hidden_size)
+    if config.bridge.pretrained is not None:
+        load_bridge_weights(bridge, config.bridge.pretrained)
     for module, trainable in ((vision, config.vision.trainable), (bridge, config.bridge.trainable),
                               (llm, config.llm.trainable)):
         module.requires_grad_(trainable)
         if not trainable and any(p.dtype != dtype for p in module.parameters()):
             module.to(dtype)
+    if config.llm.lora.rank:  # adapters on the frozen decoder (fp32, like every trainable weight here)
+        llm = apply_lora(llm, config.llm.lora)
     for row in marker_row_parameters(llm):  # separate image-marker rows train with a frozen decoder
         row.requires_grad_(True)
     return LMM(vision, bridge, llm, tokenizer)
@@ -105,6 +111,16 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     for kind in ("trainable", "frozen"):
         counts[f"total/{kind}"] = sum(v for k, v in list(counts.items()) if k.endswith(f"/{kind}"))
     return counts
+
+
+def describe_adapters(model: nn.Module, config: LoraConfig) -> str:
+    """One line for the start-up log: the adapters' size, and the trainable share of the whole model."""
+    adapter = sum(full_numel(p) for p in adapter_parameters(model))
+    trainable = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(full_numel(p) for p in model.parameters())
+    return (f"LoRA r={config.rank} alpha={config.alpha:g} dropout={config.dropout:g} on "
+            f"{','.join(config.target_modules)}: {adapter:,} adapter parameters ({adapter * 4 / 2**20:.2f} MiB in "
+            f"fp32); trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
 
 def held_parameters(model: nn.Module) -> dict[str, int]:

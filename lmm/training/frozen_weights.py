@@ -30,7 +30,8 @@ class FrozenWeightsError(ValueError):
 def frozen_sources(model: ModelConfig) -> dict[str, str | None]:
     """Frozen component -> the weight path it is loaded from (None: randomly initialised)."""
     parts = {"vision": (model.vision.trainable, model.vision.pretrained),
-             "llm": (model.llm.trainable, model.llm.pretrained), "bridge": (model.bridge.trainable, None)}
+             "llm": (model.llm.trainable, model.llm.pretrained),
+             "bridge": (model.bridge.trainable, model.bridge.pretrained)}
     return {name: path for name, (trainable, path) in parts.items() if not trainable}
 
 

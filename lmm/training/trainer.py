@@ -30,12 +30,13 @@ from lmm.config import (
     total_steps,
 )
 from lmm.flops import peak_flops_for, training_flops_per_sample
-from lmm.models.lmm import LMM, build_lmm, held_parameters, parameter_counts, precision_dtype
+from lmm.models.lmm import LMM, build_lmm, describe_adapters, held_parameters, parameter_counts, precision_dtype
 from lmm.models.vision import image_preprocess
 from lmm.planning import model_shape
 from lmm.training import checkpoint, elastic, frozen_weights, resume_guard, sample_ledger, schedule
 from lmm.training.checkpoint import RUN_CONFIG_FILE, CheckpointMeta
 from lmm.training.deepspeed_config import build_deepspeed_config
+from lmm.training.init_from import with_init_from
 from lmm.training.loader_state import LoaderProgress, carry_for_rank, positions_for_rank, reshard
 from lmm.training.metrics import MetricsLogger, StepMeter, mean_across_ranks
 from lmm.training.optimizer_groups import parameter_groups
@@ -50,6 +51,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_micro_step(seed: int, step: int, micro: int, rank: int) -> None:
+    """Seed the randomness of one forward/backward (dropout: LoRA's, or a model's) by (seed, step, micro-batch,
+    rank): DeepSpeed's checkpoints hold no RNG state, and the DataLoader draws its base seed from the global RNG
+    when a run (or a resume) starts, so only a seed set right before the forward makes a resumed run draw what the
+    uninterrupted run drew."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0]))
 
 
 def set_tf32(enabled: bool) -> None:
@@ -98,10 +107,12 @@ class Trainer:
     def train_step(self, batches: Iterator[dict]) -> None:
         """One optimizer step: forward/backward over ``gradient_accumulation_steps`` micro-batches."""
         keys, self.lr = [], self.engine.get_lr()[0]  # the LR this update trains with
-        for _ in range(self.engine.gradient_accumulation_steps()):
+        rank = distributed.detect_env().rank
+        for micro in range(self.engine.gradient_accumulation_steps()):
             asked = time.perf_counter()
             batch = next(batches)
             waited = time.perf_counter() - asked
+            seed_micro_step(self.config.seed, self.step, micro, rank)
             if self.ledger.enabled:
                 keys += batch["keys"]
             self.consumed_batches += 1
@@ -259,7 +270,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         log.info(describe_run(config, env.world_size, accumulation))
     output_dir = Path(config.output_dir)
     pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)
-    config = with_tokenizer_path(config)
+    config = with_tokenizer_path(with_init_from(config, env))
     start = find_resume_point(config, env)
     output_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
@@ -280,6 +291,8 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     engine = build_engine(config, model, env.world_size, env.is_main, ds_config)
     if env.is_main:
         log.info("parameters %s", json.dumps({"parameters": parameter_counts(model)}))
+        if config.model.llm.lora.rank:
+            log.info(describe_adapters(model, config.model.llm.lora))
 
     state = {"step": 0, "consumed_batches": 0}
     if start is not None:
@@ -292,7 +305,7 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         state["consumed_batches"] = 0 if resharded else state["consumed_batches"]
     positions = positions_for_rank(data_state, env.rank, env.world_size, d.num_workers)
     stream = CaptionStream(
-        pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars),
+        pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars, d.caption_per_epoch),
         image_preprocess(model.vision),
         SequenceLayout(tokenizer, config.model.bridge.num_queries, d.max_caption_tokens),
         env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
