@@ -1,7 +1,9 @@
 """The shard manifest, nested sample subsets, and the per-epoch deal of samples to (rank, worker) slots.
 
 ``manifest.json`` lists the shards in a fixed order: ``{"shards": [{"path", "num_samples", "bytes", "sha256"}],
-"num_samples": N, ...}``; ``path`` is relative to the manifest, absolute, a URL, or a ``pipe:`` command.
+"num_samples": N, ...}``; ``path`` is relative to the manifest, absolute, a URL, or a ``pipe:`` command. An entry
+may also list ``sidecars`` (same kinds of path): keyed files of extra caption fields the shard reader joins to the
+shard's samples (``data_pipeline.sidecar``); planning never reads them.
 
 * **Subsets** (``data.num_samples``) are the first ``n`` samples in manifest order (the last shard may be cut),
   so 10M ⊂ 50M ⊂ 100M, planned from the manifest alone without opening a tar.
@@ -29,30 +31,46 @@ class ShardEntry(NamedTuple):
     num_samples: int
     bytes: int | None = None
     sha256: str | None = None
+    sidecars: tuple[str, ...] = ()  # resolved, like ``url``
 
 
 class Piece(NamedTuple):
-    """Samples ``[start, stop)`` of one shard (sample = one key's group of tar members)."""
+    """Samples ``[start, stop)`` of one shard (sample = one key's group of tar members), with its sidecars."""
     url: str
     start: int
     stop: int
+    sidecars: tuple[str, ...] = ()
+
+
+def is_relative(path: str) -> bool:
+    """Whether a manifest path is a local path relative to the manifest (not absolute, a URL or ``pipe:``)."""
+    return not (path.startswith("pipe:") or "://" in path or Path(path).is_absolute())
 
 
 def resolve_url(path: str, base: Path) -> str:
-    if path.startswith("pipe:") or "://" in path or Path(path).is_absolute():
-        return path
-    return str(base / path)
+    return str(base / path) if is_relative(path) else path
+
+
+def manifest_file(path: str | Path) -> Path:
+    """The ``manifest.json`` a path names (a folder means its ``manifest.json``)."""
+    path = Path(path)
+    return path / MANIFEST_FILE if path.is_dir() else path
+
+
+def read_manifest(path: str | Path) -> dict:
+    """A manifest's json as written (paths unresolved), e.g. for its ``caption_fields``."""
+    path = manifest_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.train_manifest: no manifest at {path}")
+    return json.loads(path.read_text())
 
 
 def load_manifest(path: str | Path) -> list[ShardEntry]:
     """Shards listed in a ``manifest.json`` (a folder means its ``manifest.json``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"data.train_manifest: no manifest at {path}")
-    shards = [ShardEntry(resolve_url(e["path"], path.parent), int(e["num_samples"]), e.get("bytes"), e.get("sha256"))
-              for e in json.loads(path.read_text())["shards"]]
+    path = manifest_file(path)
+    shards = [ShardEntry(resolve_url(e["path"], path.parent), int(e["num_samples"]), e.get("bytes"), e.get("sha256"),
+                         tuple(resolve_url(s, path.parent) for s in e.get("sidecars", ())))
+              for e in read_manifest(path)["shards"]]
     if not shards:
         raise ValueError(f"{path}: manifest lists no shards")
     return shards
@@ -86,7 +104,7 @@ def subset(shards: list[ShardEntry], num_samples: int) -> list[Piece]:
             break
         take = min(shard.num_samples, left)
         if take > 0:
-            pieces.append(Piece(shard.url, 0, take))
+            pieces.append(Piece(shard.url, 0, take, shard.sidecars))
         left -= take
     return pieces
 
@@ -120,7 +138,7 @@ class EpochPlan:
         while begin < end:
             piece = self.pieces[self.order[index]]
             take = min(piece.stop - piece.start - offset, end - begin)
-            out.append(Piece(piece.url, piece.start + offset, piece.start + offset + take))
+            out.append(piece._replace(start=piece.start + offset, stop=piece.start + offset + take))
             begin += take
             index, offset = index + 1, 0
         return out

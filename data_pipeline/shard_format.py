@@ -9,6 +9,9 @@ up to its first dot, so keys hold no dots):
 * ``<key>.txt`` -- optional; img2dataset writes its caption column there: it counts as ``raw`` when the json has
   no ``raw`` field, so img2dataset output is readable as-is.
 
+Fields may also come from keyed sidecar files next to the manifest (``data_pipeline.sidecar``): the shard reader
+puts what they give a sample under ``__fields__``, and they win over the json's.
+
 Images are turned into RGB by ``rgb_image``, which rescales high-bit-depth images (16-bit PNGs) instead of letting
 ``convert("RGB")`` clip them to white.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SIDECAR_FIELDS = "__fields__"  # a read sample's fields joined from sidecars (not a tar member)
 CAPTION_FIELDS = ("raw", "synthetic", "capsfusion")
 TAR_MTIME = 1_700_000_000  # fixed member mtime: identical samples give byte-identical shards (and sha256)
 
@@ -71,6 +75,7 @@ def sample_fields(sample: dict) -> dict:
             fields["raw"] = sample["txt"].decode("utf-8")
         except UnicodeDecodeError:
             raise BadSample("caption_not_utf8") from None
+    fields.update(sample.get(SIDECAR_FIELDS, {}))
     return fields
 
 

@@ -60,7 +60,7 @@ def caption_corpus(shards: list[ShardEntry], max_samples: int = 200_000) -> Iter
     """Every caption field of the first ``max_samples`` samples (text for training a tokenizer)."""
     seen = 0
     for shard in shards:
-        for raw in read_piece(Piece(shard.url, 0, min(shard.num_samples, max_samples - seen))):
+        for raw in read_piece(Piece(shard.url, 0, min(shard.num_samples, max_samples - seen), shard.sidecars)):
             seen += 1
             try:
                 fields = sample_fields(raw) if raw is not LOST else {}

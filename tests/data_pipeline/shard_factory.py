@@ -44,8 +44,9 @@ def captions(key: str) -> dict:
             "url": f"http://x/{key}", "width": 16, "height": 16}
 
 
-def write_shards(folder: Path, sizes: list[int], prefix="s") -> Path:
-    """Shards of ``sizes`` samples (keys ``<prefix><shard>_<i>``) and their manifest; returns the manifest."""
+def write_shards(folder: Path, sizes: list[int], prefix="s", fields=captions, **manifest_keys) -> Path:
+    """Shards of ``sizes`` samples (keys ``<prefix><shard>_<i>``, json ``fields(key)``) and their manifest (with
+    ``manifest_keys``); returns the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     images, entries = [jpeg(colour, 20) for colour in COLOURS], []
     for shard, size in enumerate(sizes):
@@ -53,9 +54,9 @@ def write_shards(folder: Path, sizes: list[int], prefix="s") -> Path:
         with wds.TarWriter(str(path), encoder=False) as sink:
             for i in range(size):
                 key = f"{prefix}{shard:03d}_{i:04d}"
-                sink.write({"__key__": key, "jpg": images[i % len(images)], "json": json.dumps(captions(key)).encode()})
+                sink.write({"__key__": key, "jpg": images[i % len(images)], "json": json.dumps(fields(key)).encode()})
         entries.append({"path": path.name, "num_samples": size, "bytes": path.stat().st_size})
-    write_manifest(folder / "manifest.json", entries)
+    write_manifest(folder / "manifest.json", entries, **manifest_keys)
     return folder / "manifest.json"
 
 
