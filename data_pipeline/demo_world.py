@@ -12,7 +12,7 @@ gets three captions in the paper's styles:
 Held-out eval images get five varied human-style references (COCO Karpathy format).
 A caption-style fine-tuning set (``style/dataset_style.json``, Karpathy format, train and
 test splits) gets five references in a terse inventory style that none of the training
-captions use ("scene lake como - objects 2 red circles, 1 small blue star"): a model
+captions use ("lake como - objects 2 red circles, 1 small blue star"): a model
 pretrained on capsfusion captions scores low against them until fine-tuned on the set.
 Every sample is drawn from its own RNG seeded by ``(seed, split, index)``, so output
 is reproducible and shards can be rendered in parallel.  Tar members use a fixed
@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from data_pipeline.manifest import MANIFEST_FILE, write_manifest
 from data_pipeline.shard_format import CAPTION_FIELDS, write_shard
 
-FORMAT_VERSION = 2  # 2: the style set
+FORMAT_VERSION = 3  # 2: the style set; 3: its words are the train captions' words
 NUM_REFS = 5
 JPEG_QUALITY = 90
 SUPERSAMPLE = 2
@@ -145,12 +145,12 @@ SYNTH_TEMPLATES_MANY = (
     "a group of {gs} on a {bg} background",
 )
 
-# Inventory-style references of the style split: fixed words, digit counts, canonical shape names, and only
-# characters the train captions use (the demo's tokenizer is trained on those: ":" or "." would be unknown pieces).
+# Inventory-style references of the style split: fixed words, digit counts, canonical shape names, and only words
+# the train captions use (the demo's tokenizer is trained on those: ":" or "." would be unknown pieces, and a new
+# word such as "scene" splits into four pieces a 2-layer decoder with frozen weights learns poorly in 100 steps).
 STYLE_SPLIT = "style"
-STYLE_SCENE_WORD = "scene"
-STYLE_HEADERS = ("objects", "shapes", "items")
-STYLE_WORDS = frozenset((STYLE_SCENE_WORD, *STYLE_HEADERS))
+STYLE_HEADERS = ("objects", "shapes", "designs")
+STYLE_WORDS = frozenset(STYLE_HEADERS)
 
 RAW_JUNK = ("stock photo", "free download", "hd wallpaper", "royalty free", "vector",
             "clipart", "png", "jpg", "4k", "high resolution", "best", "#art", "#design",
@@ -384,14 +384,14 @@ def reference_captions(item: WorldItem, rng: random.Random, n: int = NUM_REFS) -
 
 
 def _style_reference(item: WorldItem, rng: random.Random) -> str:
-    """One inventory-style reference: "scene <name> - <header> <n> [size] <colour> <shape>, ..."; the header,
+    """One inventory-style reference: "<scene name> - <header> <n> [size] <colour> <shape>, ..."; the header,
     the order of the groups and whether sizes are given vary."""
     sized = rng.random() < 0.5
     groups = [" ".join([str(g.count), *([g.size] if sized else []), g.colour,
                         g.shape if g.count == 1 else _plural(g.shape)]) for g in item.groups]
     rng.shuffle(groups)
     scene = SCENES[item.scene].name.removeprefix("the ")
-    return f"{STYLE_SCENE_WORD} {scene} - {rng.choice(STYLE_HEADERS)} {', '.join(groups)}"
+    return f"{scene} - {rng.choice(STYLE_HEADERS)} {', '.join(groups)}"
 
 
 def style_references(item: WorldItem, rng: random.Random, n: int = NUM_REFS) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from data_pipeline.captions import CaptionSelector
 from data_pipeline.files import write_json_atomic
 from data_pipeline.loader import CaptionStream, build_train_loader
-from data_pipeline.manifest import load_manifest, subset
+from data_pipeline.manifest import MANIFEST_FILE, load_manifest, subset
 from data_pipeline.sequence import IGNORE_INDEX, SequenceLayout
 from data_pipeline.tokenizer import CaptionTokenizer
 from lmm import distributed
@@ -270,6 +270,8 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         log.info(describe_run(config, env.world_size, accumulation))
     output_dir = Path(config.output_dir)
     pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)
+    if env.is_main:
+        log.info(describe_data(config))
     config = with_tokenizer_path(with_init_from(config, env))
     start = find_resume_point(config, env)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -340,6 +342,21 @@ def describe_run(config: ExperimentConfig, world_size: int, accumulation: int) -
             f"{total_steps(config)} steps of {t.global_batch_size} (= {t.micro_batch_size} per rank x "
             f"{accumulation} accumulation x {world_size} ranks), {t.schedule} schedule to lr {t.lr:g}, ZeRO-"
             f"{t.zero_stage}, {t.precision}; config digest {config.digest()}; output {config.output_dir}")
+
+
+def describe_data(config: ExperimentConfig) -> str:
+    """Images and captions apart: the subset's images, the manifest's caption counts for the run's fields (when
+    it records them), and how many samples the epochs make."""
+    d = config.data
+    path = Path(d.train_manifest)
+    manifest = json.loads((path / MANIFEST_FILE if path.is_dir() else path).read_text())
+    fields = list(d.mix) if d.caption_source == "mixed" else [d.caption_source]
+    counts = manifest.get("caption_counts", {})
+    captions = ", ".join(f"{counts[f]:,} '{f}' captions" for f in fields if f in counts)
+    return (f"data: {d.num_samples:,} of the manifest's {manifest.get('num_samples', 0):,} images"
+            f"{f' ({captions} in the manifest)' if captions else ''}; {d.epochs} epoch(s) = "
+            f"{d.num_samples * d.epochs:,} samples; a list of captions gives one per image per epoch "
+            f"({d.caption_per_epoch})")
 
 
 def step_meter(config: ExperimentConfig, device: torch.device) -> StepMeter:

@@ -196,7 +196,7 @@ def test_capsfusion_closest_to_references():
 
 # ------------------------------------------------------------- caption-style fine-tuning set
 
-STYLE_REFERENCE = re.compile(r"scene (?P<scene>[a-z ]+) - (?P<header>objects|shapes|items) "
+STYLE_REFERENCE = re.compile(r"(?P<scene>[a-z ]+) - (?P<header>objects|shapes|designs) "
                              r"(?P<groups>[123] [a-z ]+(?:, [123] [a-z ]+)*)")
 
 

@@ -135,3 +135,10 @@ def test_in_turn_shows_every_caption_once_per_block_of_epochs():
         [CaptionSelector("refs", seed=3, list_choice="in_turn").choose("img1", captions, e)[0] for e in range(10)]
     with pytest.raises(ValueError, match="list_choice"):
         CaptionSelector("refs", list_choice="sometimes")
+
+
+def test_the_demo_fine_tune_config_loads(tmp_path):
+    config = load_config(REPO_ROOT / "configs/demo_lora.yaml", [f"model.init_from={tmp_path}"])
+    m = config.model
+    assert m.llm.lora.rank == 8 and not (m.vision.trainable or m.bridge.trainable or m.llm.trainable)
+    assert budget_samples(config) == config.data.num_samples * config.data.epochs
