@@ -300,7 +300,8 @@ class Collator:
     def __call__(self, examples: list[dict]) -> dict:
         tokens = self.layout.collate([(e["input_ids"], e["labels"]) for e in examples])
         batch = {name: value.numpy() for name, value in tokens.items()}  # small: they travel inside the pickle
-        batch["pixels"] = stack_images([e["pixels"] for e in examples])
+        if "pixels" in examples[0]:  # text-only streams (a fuser's) have none
+            batch["pixels"] = stack_images([e["pixels"] for e in examples])
         batch["keys"] = [e["key"] for e in examples]
         worker, position = examples[-1]["position"]
         batch["data_position"] = {"worker": worker, "position": position}

@@ -36,14 +36,27 @@ class SequenceLayout:
         return self.image_prefix() + (self.tokenizer.encode(prompt_text) if prompt_text else [])
 
     def collate(self, examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        """Right-pad to the longest example; padding is masked in attention and loss."""
-        length = max(len(ids) for ids, _ in examples)
-        input_ids = np.full((len(examples), length), self.tokenizer.pad_id, dtype=np.int64)
-        labels = np.full((len(examples), length), IGNORE_INDEX, dtype=np.int64)
-        attention_mask = np.zeros((len(examples), length), dtype=np.int64)
-        for row, (ids, labs) in enumerate(examples):  # numpy row writes: ~10x cheaper than torch's per row
-            input_ids[row, : len(ids)] = ids
-            labels[row, : len(labs)] = labs
-            attention_mask[row, : len(ids)] = 1
-        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
-                "attention_mask": torch.from_numpy(attention_mask)}
+        return pad_examples(examples, self.tokenizer.pad_id)
+
+
+@dataclass
+class TextLayout:
+    """Text-only examples (a fuser's prompt + target, built by their stream): only the padding."""
+    pad_id: int
+
+    def collate(self, examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        return pad_examples(examples, self.pad_id)
+
+
+def pad_examples(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (input ids, labels) pairs to the longest; padding is masked in attention and loss."""
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = np.full((len(examples), length), pad_id, dtype=np.int64)
+    labels = np.full((len(examples), length), IGNORE_INDEX, dtype=np.int64)
+    attention_mask = np.zeros((len(examples), length), dtype=np.int64)
+    for row, (ids, labs) in enumerate(examples):  # numpy row writes: ~10x cheaper than torch's per row
+        input_ids[row, : len(ids)] = ids
+        labels[row, : len(labs)] = labs
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+            "attention_mask": torch.from_numpy(attention_mask)}

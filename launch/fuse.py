@@ -4,6 +4,7 @@
                [--raw-field raw] [--synthetic-field synthetic] [--batch-size 32] [--max-new-tokens 128]
                [--max-chars 1000] [--chat-template] [--backend auto|vllm|transformers] [--part I --num-parts N]
   lmm-fuse finish --out FUSED/
+  torchrun --nproc_per_node N -m launch.fuse train --config FUSER.yaml [key=value ...]
 
 FUSER_DIR is a local Hugging Face causal LM directory (an instruction model, or a fuser fine-tuned on
 (raw, synthetic, fused) triplets) with its tokenizer. FUSED/ gets one keyed sidecar per shard and, once every shard
@@ -12,6 +13,12 @@ reason, per shard and in total); train on it with ``data.train_manifest=FUSED/ d
 A re-run skips finished shards. ``--part`` / ``--num-parts`` default to the Slurm array task x rank
 (``slurm/fuse.sh``); the process that finds every shard done writes the manifest, and ``finish`` does it later or
 lists the shards still missing (exit 1). Exit 2 on a bad request. The work is done by ``lmm.fusion.run``.
+
+``train`` fine-tunes a fuser on (raw, synthetic, fused) triplets through the project's training loop
+(``lmm.fusion.training``; exit codes as ``launch.pretrain``): ``model.llm.pretrained`` is the base model,
+``data.caption_source`` the fused field, ``fusion.raw_field`` / ``fusion.synthetic_field`` the inputs. When the
+run reaches its last step, rank 0 writes ``<output_dir>/fuser/`` (adapters merged, tokenizer included): the
+``--model`` of ``lmm-fuse run``.
 """
 from __future__ import annotations
 
@@ -76,6 +83,28 @@ def finish(args) -> int:
     return 1 if missing else 0
 
 
+def train(args) -> int:
+    from lmm.training.preemption import STOP
+
+    STOP.install()  # first: Slurm's early-warning signal may come while the heavy imports still run
+    from launch import pretrain
+    from lmm import distributed
+    from lmm.config import ConfigError, load_config, total_steps
+    from lmm.fusion.training import FuserTask, export_fuser
+    from lmm.training.checkpoint import latest_checkpoint, read_meta
+
+    try:  # a fuser has no vision tower or bridge: their weights are never built
+        config = load_config(args.config, ["model.allow_random_frozen=true", *args.overrides])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return pretrain.exit_through_launcher(pretrain.EXIT_BAD_CONFIG, "config error (see above)")
+    code = pretrain.run(config, FuserTask())
+    last = latest_checkpoint(config.output_dir)
+    if code == 0 and distributed.detect_env().is_main and last and read_meta(last).step == total_steps(config):
+        export_fuser(config)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     logs.setup()
     parser = argparse.ArgumentParser(prog="lmm-fuse", description=__doc__.split("\n\n")[0],
@@ -84,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     finisher = sub.add_parser("finish", help="write the manifest once every shard is done, else list the missing")
     finisher.add_argument("--out", required=True, help="the output folder of lmm-fuse run")
+    trainer = sub.add_parser("train", help="fine-tune a fuser on (raw, synthetic, fused) triplets (under torchrun)")
+    trainer.add_argument("--config", required=True, help="YAML experiment config (model.llm.pretrained: base fuser)")
+    trainer.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    trainer.add_argument("overrides", nargs="*", help="key.path=value overrides")
     args = parser.parse_args(argv)
-    return {"run": run, "finish": finish}[args.command](args)
+    return {"run": run, "finish": finish, "train": train}[args.command](args)
 
 
 if __name__ == "__main__":

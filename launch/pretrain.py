@@ -26,8 +26,9 @@ EXIT_PEER_LOST = 1  # another rank died; the job fails (srun names the dead task
 STOP_MARKER_ENV = "LMM_STOP_MARKER"
 
 
-def run(config) -> int:
-    """Train ``config`` in this process (one rank); returns the process exit code."""
+def run(config, task=None) -> int:
+    """Train ``config`` in this process (one rank; ``task``: what trains, default the LMM on captions, see
+    ``lmm.training.trainer.CaptioningTask``); returns the process exit code."""
     from lmm import distributed, logs
     from lmm.config import ConfigError
     from lmm.safe_loading import UnsafeCheckpointError
@@ -37,7 +38,7 @@ def run(config) -> int:
     logs.setup()
     try:
         try:
-            _, outcome = train(config)
+            _, outcome = train(config, task)
         except (ConfigError, FrozenWeightsError, RunChangedError, UnsafeCheckpointError) as err:
             if distributed.detect_env().is_main:  # raised on every rank, before anything was written
                 print(f"error: {err}", file=sys.stderr, flush=True)

@@ -191,6 +191,13 @@ class EvalConfig:
 
 
 @dataclass
+class FusionConfig:
+    """The inputs a fuser trains on (``lmm-fuse train``; its target is ``data.caption_source``)."""
+    raw_field: str = "raw"
+    synthetic_field: str = "synthetic"
+
+
+@dataclass
 class ExperimentConfig:
     run_name: str = "run"
     output_dir: str = "runs/run"
@@ -199,6 +206,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -277,8 +277,8 @@ def make_plan(config: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_
         notes.append(f"config has train.micro_batch_size={t.micro_batch_size}; the plan uses {micro}")
     per_gpu = per_gpu_bytes(model_state_bytes(shape, t.zero_stage, nodes, gpus_per_node, t.precision),
                             as_configured, micro, headroom_gb)
-    from lmm.training.frozen_weights import leaves_frozen_out
-    lean = leaves_frozen_out(m)
+    from lmm.training.frozen_weights import frozen_sources, leaves_frozen_out
+    lean = leaves_frozen_out(frozen_sources(m))
     sizes = [checkpoint_bytes(shape.trainable_params, shape.frozen_params, t.precision, t.zero_stage, keep)
              for keep in (lean, False)]
     return Plan(config_name, nodes, gpus_per_node, gpu_mem_gb, headroom_gb, shape.params, shape.trainable_params,

@@ -88,13 +88,25 @@ def check_loadable(path: str | Path) -> None:
 
 
 def _load_deepspeed(checkpoint: Path, dtype: torch.dtype) -> EvalModel:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     config = config_from_dict(saved_run_config(checkpoint))
     lean = frozen_weights.excludes_frozen(checkpoint)
     frozen_weights.verify(checkpoint, config.model)
     tokenizer = CaptionTokenizer(config.model.tokenizer.path)
     model = build_lmm(config.model, tokenizer, dtype)
+    load_trained_weights(model, checkpoint)
+    meta = read_meta(checkpoint)
+    log.info("loaded %s (step %d, ZeRO-%d%s) in %s", checkpoint, meta.step, meta.zero_stage,
+             ", trained weights only" if lean else "", str(dtype).removeprefix("torch."))
+    return EvalModel(model.eval(), tokenizer, meta, checkpoint)
+
+
+def load_trained_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Copy a DeepSpeed checkpoint's weights (any ZeRO stage and world size; the trained ones only for a lean
+    checkpoint, whose frozen weights ``model`` already holds) into ``model``, every name checked."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    lean = frozen_weights.excludes_frozen(checkpoint)
     # lazy: the optimizer files stay memory-mapped and each tensor is consolidated as it is copied in
     with _quiet():
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
@@ -108,11 +120,6 @@ def _load_deepspeed(checkpoint: Path, dtype: torch.dtype) -> EvalModel:
     with torch.no_grad():
         for name, tensor in state.items():
             own[name].copy_(tensor.contiguous())
-    del state
-    meta = read_meta(checkpoint)
-    log.info("loaded %s (step %d, ZeRO-%d%s) in %s", checkpoint, meta.step, meta.zero_stage,
-             ", trained weights only" if lean else "", str(dtype).removeprefix("torch."))
-    return EvalModel(model.eval(), tokenizer, meta, checkpoint)
 
 
 def read_export(out_dir: str | Path) -> dict:

@@ -60,6 +60,15 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
+def encode_prompts(tokenizer, prompts: list[str], chat_template: bool = False) -> list[list[int]]:
+    """Token ids of prompt texts, as generation and fuser training both see them: in the chat template (one user
+    turn with the generation prompt) when asked, else with the tokenizer's special tokens (LLaMA's ``<s>``)."""
+    if chat_template:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    return tokenizer(prompts, add_special_tokens=not chat_template)["input_ids"]
+
+
 class TransformersEngine:
     def __init__(self, model_dir: str | Path, tokenizer, max_new_tokens: int, dtype: str = "auto"):
         from transformers import AutoModelForCausalLM
@@ -108,10 +117,7 @@ class Fuser:
                        else TransformersEngine(model_dir, self.tokenizer, max_new_tokens, dtype))
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
-        if self.chat_template:
-            prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                          add_generation_prompt=True) for p in prompts]
-        return self.tokenizer(prompts, add_special_tokens=not self.chat_template)["input_ids"]
+        return encode_prompts(self.tokenizer, prompts, self.chat_template)
 
     def generate(self, prompts: list[str]) -> list[str]:
         return self.tokenizer.batch_decode(self.engine.generate(self.encode(prompts)), skip_special_tokens=True)

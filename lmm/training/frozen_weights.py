@@ -35,16 +35,16 @@ def frozen_sources(model: ModelConfig) -> dict[str, str | None]:
     return {name: path for name, (trainable, path) in parts.items() if not trainable}
 
 
-def leaves_frozen_out(model: ModelConfig) -> bool:
-    """Checkpoints of this model leave the frozen weights out: there are some, and all come from files."""
-    sources = frozen_sources(model)
+def leaves_frozen_out(sources: dict[str, str | None]) -> bool:
+    """Checkpoints leave the frozen weights out: there are some, and all come from files."""
     return bool(sources) and all(path is not None for path in sources.values())
 
 
-def describe(model: ModelConfig) -> dict:
-    """What a checkpoint of this model records: whether frozen weights are left out, and their fingerprints."""
-    sources = frozen_sources(model)
-    return {"excluded": leaves_frozen_out(model),
+def describe(model: ModelConfig, components: tuple[str, ...] = ("vision", "bridge", "llm")) -> dict:
+    """What a checkpoint of this model records: whether frozen weights are left out, and their fingerprints
+    (``components``: the parts the trained model has; a text-only fuser has only the decoder)."""
+    sources = {name: path for name, path in frozen_sources(model).items() if name in components}
+    return {"excluded": leaves_frozen_out(sources),
             "components": {name: {"path": str(Path(path).resolve()), "fingerprint": fingerprint(path)}
                            for name, path in sources.items() if path is not None}}
 

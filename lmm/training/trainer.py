@@ -45,6 +45,7 @@ from lmm.training.run_tokenizer import train_tokenizer_once, with_tokenizer_path
 from lmm.training.sample_ledger import SampleLedger
 
 log = logging.getLogger(__name__)
+MODEL_INPUTS = ("pixels", "input_ids", "attention_mask", "labels")  # batch keys a model's forward takes by name
 
 
 def seed_everything(seed: int) -> None:
@@ -117,7 +118,7 @@ class Trainer:
                 keys += batch["keys"]
             self.consumed_batches += 1
             self.data_progress.observe(batch)
-            loss = self.engine(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss = self.engine(**{name: batch[name] for name in MODEL_INPUTS if name in batch})
             self.engine.backward(loss)
             self.engine.step()
             self.losses.append(loss.detach())
@@ -259,10 +260,49 @@ def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distr
     write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
 
 
-def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
-    """Run (or resume) one training run: the logged metric history, and how it ended early (requeued or not)
-    when a stop signal cut it short (None when it reached its last step). Every check that can refuse the run
-    (config, world size, changed config or weights) happens before anything is written."""
+class CaptioningTask:
+    """What a run trains and on what: the LMM on (image, caption) samples. The training loop (``train``) asks a
+    task for these six things only, so a text-only fuser (``lmm.fusion.training.FuserTask``) trains through the
+    same loop: DeepSpeed engine, checkpoints, exact resume, logs, stop signals."""
+
+    def resolve(self, config: ExperimentConfig, env: distributed.DistEnv) -> ExperimentConfig:
+        """The config with the paths it implies (``model.init_from`` parts, the tokenizer) filled in."""
+        return with_tokenizer_path(with_init_from(config, env))
+
+    def prepare(self, config: ExperimentConfig, env: distributed.DistEnv) -> None:
+        """Collective, once the run may write: the run's own tokenizer when it has none."""
+        train_tokenizer_once(config, env)
+
+    def build_model(self, config: ExperimentConfig, ds_config: dict) -> torch.nn.Module:
+        self.tokenizer = CaptionTokenizer(config.model.tokenizer.path)
+        return build_lmm(config.model, self.tokenizer, precision_dtype(config.train.precision),
+                         zero3_config=ds_config if config.train.zero_stage == 3 else None)
+
+    def stream(self, config: ExperimentConfig, model: LMM, pieces: list, env: distributed.DistEnv, **resume
+               ) -> CaptionStream:
+        """This rank's stream; ``resume``: ``positions``, ``consumed_batches``, ``carry`` (see CaptionStream)."""
+        d = config.data
+        return CaptionStream(
+            pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars, d.caption_per_epoch),
+            image_preprocess(model.vision),
+            SequenceLayout(self.tokenizer, config.model.bridge.num_queries, d.max_caption_tokens),
+            env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed, shuffle_buffer=d.shuffle_buffer,
+            **resume)
+
+    def frozen_weights(self, config: ExperimentConfig) -> dict:
+        """What its checkpoints record of the frozen weight files (``lmm.training.frozen_weights``)."""
+        return frozen_weights.describe(config.model)
+
+    def meter(self, config: ExperimentConfig, device: torch.device) -> StepMeter:
+        return step_meter(config, device)
+
+
+def train(config: ExperimentConfig, task: CaptioningTask | None = None) -> tuple[list[dict], StopOutcome | None]:
+    """Run (or resume) one training run of ``task`` (default: the LMM on captions): the logged metric history,
+    and how it ended early (requeued or not) when a stop signal cut it short (None when it reached its last
+    step). Every check that can refuse the run (config, world size, changed config or weights) happens before
+    anything is written."""
+    task = task or CaptioningTask()
     env = distributed.init_distributed(config.train.collective_timeout_s)
     distributed.start_heartbeat(env)
     accumulation = check_world_size(config, env.world_size)
@@ -272,22 +312,20 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
     pieces = subset(load_manifest(config.data.train_manifest), config.data.num_samples)
     if env.is_main:
         log.info(describe_data(config))
-    config = with_tokenizer_path(with_init_from(config, env))
+    config = task.resolve(config, env)
     start = find_resume_point(config, env)
     output_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     record_start(config, start, env)
-    train_tokenizer_once(config, env)
+    task.prepare(config, env)
     seed_everything(config.seed)
     set_tf32(config.train.tf32)
-    tokenizer = CaptionTokenizer(config.model.tokenizer.path)
-    frozen = frozen_weights.describe(config.model)  # fingerprints of the files about to be loaded
+    frozen = task.frozen_weights(config)  # fingerprints of the files about to be loaded
     ds_config = build_deepspeed_config(config, env.world_size)
     if start is not None and start.universal is not None:
         elastic.convert(start.checkpoint)
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
-    model = build_lmm(config.model, tokenizer, precision_dtype(config.train.precision),
-                      zero3_config=ds_config if config.train.zero_stage == 3 else None)
+    model = task.build_model(config, ds_config)
     if env.is_main:
         log.info("held after build %s", json.dumps({"held_after_build": held_parameters(model)}))
     engine = build_engine(config, model, env.world_size, env.is_main, ds_config)
@@ -306,19 +344,14 @@ def train(config: ExperimentConfig) -> tuple[list[dict], StopOutcome | None]:
         data_state, resharded = reshard(data_state, pieces, d.seed, d.shuffle_buffer, env.world_size, d.num_workers)
         state["consumed_batches"] = 0 if resharded else state["consumed_batches"]
     positions = positions_for_rank(data_state, env.rank, env.world_size, d.num_workers)
-    stream = CaptionStream(
-        pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars, d.caption_per_epoch),
-        image_preprocess(model.vision),
-        SequenceLayout(tokenizer, config.model.bridge.num_queries, d.max_caption_tokens),
-        env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
-        shuffle_buffer=d.shuffle_buffer, positions=positions, consumed_batches=state["consumed_batches"],
-        carry=carry_for_rank(data_state, env.rank))
+    stream = task.stream(config, model, pieces, env, positions=positions, consumed_batches=state["consumed_batches"],
+                         carry=carry_for_rank(data_state, env.rank))
     logger = MetricsLogger(output_dir / "tensorboard", enabled=env.is_main, total_steps=stop_step(config))
     ledger = SampleLedger(output_dir, env.rank, config.train.sample_ledger)
     progress = LoaderProgress(d.num_workers, positions, d.max_skip_fraction,
                               carry=data_state.get("carry") if data_state else None)
     trainer = Trainer(config, engine, logger, state["step"], state["consumed_batches"], progress, frozen=frozen,
-                      ledger=ledger, meter=step_meter(config, engine.device))
+                      ledger=ledger, meter=task.meter(config, engine.device))
     started = time.monotonic()
     try:
         history = trainer.fit(iter(build_train_loader(stream, config.data.num_workers, engine.device,

@@ -156,14 +156,14 @@ def test_saved_run_configs_stay_loadable():
 
 
 @pytest.mark.parametrize("overrides,digest", [
-    ([], "15925cc8ca51"),
+    ([], "dc10b1432899"),
     (["data.caption_source=mixed", "data.mix={raw: 0.5, capsfusion: 0.5}", "train.budgets=[2048, 4096]",
       "train.schedule=wsd-s", "train.warmup_steps=4", "train.lr=1", "train.min_lr=1e-4", "eval.max_images=7",
-      "train.peak_tflops=100"], "b56b15a72b40"),  # ints into floats, a mapping, lists, optionals
+      "train.peak_tflops=100"], "475a031f8673"),  # ints into floats, a mapping, lists, optionals
 ])
 def test_demo_config_digest_is_pinned(overrides, digest, monkeypatch):
     """Runs' resume guards compare ``digest()`` / ``to_dict()``: a change to how configs are read must not move
-    them (the pins were computed before issue 14's config review; moved on purpose by issue 12's new fields, checked
+    them (the pins were computed before issue 14's config review; moved on purpose by issues 12 and 13's new fields, checked
     equal to the old pins with those fields removed). A new config field or an edit of demo.yaml
     moves them too: update the pin then, on purpose. The template path is given relative to the working directory
     (read from demo.yaml it becomes absolute, which would tie the pin to this checkout's location)."""
