@@ -1,5 +1,6 @@
 """lmm-fuse run: the paper's prompt, post-processing, skip accounting, parts, resume after a kill, and training on
 the fused field -- with real shards and a real (tiny, random) LlamaForCausalLM directory."""
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -192,6 +193,32 @@ def test_bad_requests_are_refused_before_any_work(world, capsys):
     assert "other settings" in capsys.readouterr().err
     assert main(["run", "--manifest", str(world / "in"), "--model", str(world), "--out", str(world / "x")]) == 2
     assert "not a Hugging Face model directory" in capsys.readouterr().err
+
+
+def test_chat_template_wraps_the_prompt_only_when_asked(world, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmm.fusion.generate import Fuser
+
+    chatty = tmp_path / "chatty"
+    shutil.copytree(world / "model", chatty)
+    tokenizer = AutoTokenizer.from_pretrained(chatty)
+    tokenizer.chat_template = ("{% for m in messages %}Please: {{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %} Sentence:{% endif %}")
+    tokenizer.save_pretrained(chatty)
+    prompt = fusion_prompt("raw s000_0000", "synthetic s000_0000")
+    wrapped = Fuser(chatty, 4, "transformers", chat_template=True).encode([prompt])[0]
+    assert wrapped == tokenizer(f"Please: {prompt} Sentence:", add_special_tokens=False)["input_ids"]
+    assert Fuser(chatty, 4, "transformers").encode([prompt])[0] == tokenizer(prompt)["input_ids"]  # <s> + prompt
+    with pytest.raises(ValueError, match="no chat template"):
+        Fuser(world / "model", 4, "transformers", chat_template=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_asking_for_vllm_without_it_is_refused(world, tmp_path, capsys):
+    assert main(["run", "--manifest", str(world / "in"), "--model", str(world / "model"), "--out",
+                 str(tmp_path / "out"), "--backend", "vllm"]) == 2
+    assert "vLLM is not installed" in capsys.readouterr().err
 
 
 def snapshot(folder: Path) -> dict:
