@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup demo demo-fusion test test-quick bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m launch.demo
+
+# after `make demo`: the fusion stage itself (train a fuser, fuse the world's captions, a fourth scaling line)
+demo-fusion: $(STAMP)
+	$(PY) -m launch.demo_fusion
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

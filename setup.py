@@ -46,5 +46,6 @@ setup(
         "lmm-study=launch.study:main",
         "lmm-zeroshot=launch.zeroshot:main",
         "lmm-compare=launch.compare:main",
+        "lmm-fuse=launch.fuse:main",
     ]},
 )
