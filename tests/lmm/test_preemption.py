@@ -46,7 +46,7 @@ def test_stopped_run_exits_75_or_leaves_the_launcher_a_marker(monkeypatch, tmp_p
         monkeypatch.delenv(name, raising=False)
     config = load_config(str(Path(__file__).resolve().parents[2] / "configs/demo.yaml"), [f"output_dir={tmp_path / 'run'}"])
     outcomes = iter([StopOutcome.NOT_REQUEUED, StopOutcome.NOT_REQUEUED, StopOutcome.REQUEUED])
-    monkeypatch.setattr(trainer, "train", lambda _config: (None, next(outcomes)))
+    monkeypatch.setattr(trainer, "train", lambda _config, _task=None: (None, next(outcomes)))
     monkeypatch.delenv(pretrain.STOP_MARKER_ENV, raising=False)
     assert pretrain.run(config) == pretrain.EXIT_STOPPED
 
