@@ -142,3 +142,18 @@ def test_the_demo_fine_tune_config_loads(tmp_path):
     m = config.model
     assert m.llm.lora.rank == 8 and not (m.vision.trainable or m.bridge.trainable or m.llm.trainable)
     assert budget_samples(config) == config.data.num_samples * config.data.epochs
+
+
+def test_start_up_counts_images_and_captions_apart(tmp_path):
+    from lmm.training.trainer import describe_data
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"shards": [{"path": "a.tar", "num_samples": 40}], "num_samples": 40,
+                                    "num_images": 40, "caption_counts": {"captions": 200},
+                                    "caption_fields": ["captions"]}))
+    config = load_config(REPO_ROOT / "configs/demo_lora.yaml", [f"model.init_from={tmp_path}",
+                                                               f"data.train_manifest={manifest}", "data.num_samples=32",
+                                                               "data.epochs=5", "train.warmup_steps=1"])
+    line = describe_data(config)
+    assert "32 of the manifest's 40 images" in line and "200 'captions' captions" in line
+    assert "5 epoch(s) = 160 samples" in line and "(in_turn)" in line
