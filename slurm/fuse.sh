@@ -19,4 +19,5 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm/logs/%x-%A_%a.out
 # Slurm runs a copy of this file: its launcher is found next to the submitted path (Command=), from any directory
-exec "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's|^ *Command=\([^ ]*\)/[^/ ]*.*|\1|p')/launch.sh" fuse run "$@"
+# (the first Command= line: an array task's record can come with its array's)
+exec "$(scontrol show job "$SLURM_JOB_ID" | sed -n '/^ *Command=/{s|^ *Command=\([^ ]*\)/[^/ ]*.*|\1|p;q}')/launch.sh" fuse run "$@"

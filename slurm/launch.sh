@@ -16,7 +16,7 @@
 # MASTER_PORT (to override the derived port).
 set -euo pipefail
 
-entry=${1:?usage: slurm/launch.sh pretrain|evaluate ARGS...}
+entry=${1:?usage: slurm/launch.sh pretrain|evaluate|fuse ARGS...}
 shift
 : "${SLURM_JOB_ID:?slurm/launch.sh runs inside a Slurm allocation (sbatch slurm/pretrain_10m.sh)}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -15,4 +15,4 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm/logs/%x-%j.out
 # Slurm runs a copy of this file: its launcher is found next to the submitted path (Command=), from any directory
-exec "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's|^ *Command=\([^ ]*\)/[^/ ]*.*|\1|p')/launch.sh" pretrain --config configs/capsfusion_100m.yaml "$@"
+exec "$(scontrol show job "$SLURM_JOB_ID" | sed -n '/^ *Command=/{s|^ *Command=\([^ ]*\)/[^/ ]*.*|\1|p;q}')/launch.sh" pretrain --config configs/capsfusion_100m.yaml "$@"
