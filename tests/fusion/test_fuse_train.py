@@ -81,6 +81,7 @@ def test_samples_missing_an_input_are_skipped_by_reason(world):
         assert err.value.reason == reason
 
 
+@pytest.mark.multiprocess  # a training process
 def test_lora_fuser_trains_checkpoints_adapters_and_exports_a_directory_lmm_fuse_run_takes(world):
     root, manifest, model = world
     out = root / "run"
