@@ -121,6 +121,13 @@ def fusion_inputs(sample: dict | None, raw_field: str, synthetic_field: str) -> 
         fields = sample_fields(sample)
     except BadSample:
         return "unreadable"
+    return fusion_texts(fields, raw_field, synthetic_field)
+
+
+def fusion_texts(fields: dict, raw_field: str, synthetic_field: str) -> tuple[str, str] | str:
+    """(raw, synthetic) of a sample's caption fields (a list gives its first non-blank caption), or why they
+    cannot be fused: ``missing_raw``, ``missing_synthetic`` or ``empty_input``. Fusing and training a fuser both
+    read their inputs here."""
     texts = []
     for name, reason in ((raw_field, "missing_raw"), (synthetic_field, "missing_synthetic")):
         value = fields.get(name)

@@ -6,15 +6,16 @@ A sample's input is ``lmm.fusion.prompt.fusion_prompt(raw, synthetic)`` tokenize
 tokenizes it (``encode_prompts``), followed by the fused caption (``data.caption_source``, cut to
 ``data.max_caption_tokens``) and the end-of-sequence token; the loss is on the fused caption and that token only.
 Samples without a usable raw / synthetic / fused caption are skipped and counted like any training sample
-(``missing_caption`` / ``empty_caption``). The run's config is the project's: ``model.llm.pretrained`` is the base
-fuser (a Hugging Face directory with its tokenizer), ``model.llm.trainable`` or ``model.llm.lora`` say what trains,
+(``missing_caption`` / ``empty_caption``); the inputs are read as ``lmm-fuse run`` reads them
+(``lmm.fusion.run.fusion_texts``: a list field gives its first non-blank caption). The run's config is the
+project's: ``model.llm.pretrained`` is the base fuser (a Hugging Face directory with its tokenizer),
+``model.llm.trainable`` or ``model.llm.lora`` say what trains,
 ``fusion.raw_field`` / ``fusion.synthetic_field`` name the inputs; ``model.vision`` and ``model.bridge`` are unused.
 When the run ends, ``export_fuser`` writes ``<output_dir>/fuser/``: the decoder with any adapters merged plus its
 tokenizer, the directory ``lmm-fuse run --model`` takes.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -30,16 +31,20 @@ from lmm import distributed
 from lmm.config import ExperimentConfig
 from lmm.eval.loading import load_trained_weights
 from lmm.fusion.generate import encode_prompts, load_tokenizer
-from lmm.fusion.prompt import fusion_prompt, one_line
+from lmm.fusion.prompt import fusion_prompt
+from lmm.fusion.run import fusion_texts
 from lmm.models.adapters import apply_lora, merged_decoder
 from lmm.models.lmm import precision_dtype
 from lmm.training import frozen_weights
 from lmm.training.checkpoint import latest_checkpoint
 from lmm.training.metrics import StepMeter
-from lmm.training.trainer import CaptioningTask
+from lmm.training.trainer import CaptioningTask, caption_selector
 
 log = logging.getLogger(__name__)
 FUSER_DIR = "fuser"
+# why a sample's inputs cannot be fused -> the training loader's skip reason it is counted under
+TRAINING_SKIP_REASON = {"missing_raw": "missing_caption", "missing_synthetic": "missing_caption",
+                        "empty_input": "empty_caption"}
 
 
 class FuserModel(nn.Module):
@@ -86,11 +91,9 @@ class TripletStream(CaptionStream):
         target, reason = self.select.choose(raw["__key__"], fields, epoch)
         if reason:
             raise BadSample(reason)
-        inputs = [fields.get(name) for name in self.fields]
-        if not all(isinstance(text, str) for text in inputs):
-            raise BadSample("missing_caption")
-        if not all(one_line(text) for text in inputs):
-            raise BadSample("empty_caption")
+        inputs = fusion_texts(fields, *self.fields)
+        if isinstance(inputs, str):
+            raise BadSample(TRAINING_SKIP_REASON[inputs])
         prompt = encode_prompts(self.tokenizer, [fusion_prompt(*inputs)])[0]
         answer = self.tokenizer(target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
         answer = answer + [self.tokenizer.eos_token_id]
@@ -117,9 +120,8 @@ class FuserTask(CaptioningTask):
     def stream(self, config: ExperimentConfig, model: nn.Module, pieces: list, env: distributed.DistEnv,
                **resume) -> TripletStream:
         d, f = config.data, config.fusion
-        select = CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars, d.caption_per_epoch)
-        return TripletStream(pieces, select, self.tokenizer, f.raw_field, f.synthetic_field, d.max_caption_tokens,
-                             env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
+        return TripletStream(pieces, caption_selector(d), self.tokenizer, f.raw_field, f.synthetic_field,
+                             d.max_caption_tokens, env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed,
                              shuffle_buffer=d.shuffle_buffer, **resume)
 
     def frozen_weights(self, config: ExperimentConfig) -> dict:
@@ -136,8 +138,7 @@ def export_fuser(config: ExperimentConfig, out_dir: str | Path | None = None) ->
     if checkpoint is None:
         raise FileNotFoundError(f"{config.output_dir}: no complete checkpoint to export")
     frozen_weights.verify(checkpoint, config.model)
-    model = build_fuser(dataclasses.replace(config, train=dataclasses.replace(config.train, precision="fp32")),
-                        torch.float32)
+    model = build_fuser(config, torch.float32)
     load_trained_weights(model, checkpoint)
     out = Path(out_dir) if out_dir is not None else Path(config.output_dir) / FUSER_DIR
     merged_decoder(model.llm).save_pretrained(out, safe_serialization=True)

@@ -22,6 +22,7 @@ from data_pipeline.tokenizer import CaptionTokenizer
 from lmm import distributed
 from lmm.config import (
     ConfigError,
+    DataConfig,
     ExperimentConfig,
     budget_samples,
     check_world_size,
@@ -260,6 +261,13 @@ def record_start(config: ExperimentConfig, start: ResumePoint | None, env: distr
     write_json_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
 
 
+def caption_selector(data: DataConfig) -> CaptionSelector:
+    """The run's caption choice (``data.caption_source``, ``mix``, ``seed``, ``max_caption_chars``,
+    ``caption_per_epoch``)."""
+    return CaptionSelector(data.caption_source, data.mix, data.seed, data.max_caption_chars,
+                           data.caption_per_epoch)
+
+
 class CaptioningTask:
     """What a run trains and on what: the LMM on (image, caption) samples. The training loop (``train``) asks a
     task for these six things only, so a text-only fuser (``lmm.fusion.training.FuserTask``) trains through the
@@ -283,8 +291,7 @@ class CaptioningTask:
         """This rank's stream; ``resume``: ``positions``, ``consumed_batches``, ``carry`` (see CaptionStream)."""
         d = config.data
         return CaptionStream(
-            pieces, CaptionSelector(d.caption_source, d.mix, d.seed, d.max_caption_chars, d.caption_per_epoch),
-            image_preprocess(model.vision),
+            pieces, caption_selector(d), image_preprocess(model.vision),
             SequenceLayout(self.tokenizer, config.model.bridge.num_queries, d.max_caption_tokens),
             env.rank, env.world_size, config.train.micro_batch_size, seed=d.seed, shuffle_buffer=d.shuffle_buffer,
             **resume)
